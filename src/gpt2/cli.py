@@ -1,0 +1,71 @@
+"""The `gpt2` command. Each subcommand lives beside the code it runs (a `cli(argv)` function in that module)
+and is imported only when called, so `gpt2 --help` answers at once."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+# name -> (module holding cli(argv), one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "gpt2.demo",
+        "train a small GPT-2 end to end on text that ships with Python, then sample from it",
+    ),
+    "tokenizer": ("gpt2.bpe", "train a byte-level BPE vocabulary (`gpt2 tokenizer train`), or encode text"),
+    "prepare": ("gpt2.data", "tokenize text files into token shards for training"),
+    "train": (
+        "gpt2.train",
+        "pretrain or fine-tune a model on prepared shards (one CPU, GPU, or many with torchrun)",
+    ),
+    "plot": ("gpt2.plot", "draw a run's train/val loss against tokens seen to a PNG"),
+    "generate": ("gpt2.generate", "sample text from a model (top-k 40 by default, as in the paper)"),
+    "eval": ("gpt2.evaluate", "zero/few-shot evaluation with the paper's protocols (LAMBADA, WikiText, ...)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: gpt2 COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`gpt2 COMMAND --help` describes one command."]
+    return "\n".join(lines)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from gpt2.errors import GPT2Error
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] == "--version":
+        from gpt2 import __version__
+
+        print(f"gpt2 {__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    warnings.formatwarning = _one_line_warning
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        module.cli(rest)
+    except GPT2Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # `gpt2 generate ... | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""GPT-2: a Transformer decoder, as in "Language Models are Unsupervised Multitask Learners" (2019).
+
+GPT-2's changes to GPT-1's decoder, all visible below:
+  * LayerNorm moved to the input of each sub-block (pre-LN), plus one final LayerNorm after the last block;
+  * residual output projections initialised with std 0.02 / sqrt(2 * n_layer), one factor per residual add;
+  * 1024 tokens of context and a 50,257-token byte-level BPE vocabulary.
+Parameter names follow OpenAI's release as Hugging Face writes it (transformer.h.0.attn.c_attn, ...), so that
+checkpoints map one to one; only the four projection matrices are stored transposed there (see checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2.errors import GPT2Error
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024  # context length
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # one rate for embeddings, attention weights and residual branches
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise GPT2Error(f"GPTConfig.{f} must be a positive integer, got {getattr(self, f)!r}")
+        if self.n_embd % self.n_head:
+            raise GPT2Error(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise GPT2Error(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A preset by name (see PRESETS), with any field overridden."""
+        if name not in PRESETS:
+            raise GPT2Error(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise GPT2Error(f"unknown GPTConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# The paper's four sizes (Table 2) and two small shapes for CPU work. All keep GPT-2's shape rules:
+# head dimension 64, MLP 4x wide, vocabulary 50257 and context 1024 unless a run overrides them.
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "gpt2-mini": dict(n_layer=6, n_head=6, n_embd=384),  # 30M with GPT-2's vocabulary, 11M without it
+    "gpt2-tiny": dict(n_layer=4, n_head=4, n_embd=256),  # 16M with GPT-2's vocabulary, 3M without it
+}
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions so decoding never copies them.
+
+    Shape (n_layer, batch, n_head, max_len, head_dim); `length` positions are filled, shared by the batch
+    (prompts of different lengths are left-padded and masked instead).
+    """
+
+    def __init__(
+        self, config: GPTConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value projections at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:  # append this step's keys/values, then attend over everything so far
+            cache_k, cache_v, start = cache
+            cache_k[:, :, start : start + T] = k
+            cache_v[:, :, start : start + T] = v
+            k, v = cache_k[:, :, : start + T], cache_v[:, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None and T > 1,  # callers pass a mask whenever T > 1 and keys precede q
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in Hugging Face's naming).
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, attn_mask)  # pre-LN: normalise the input of each sub-block
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: the output layer reuses the embedding
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # 2 residual adds per block accumulate: scale by 1/sqrt(2N)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Number of parameters, the tied embedding counted once (124,439,808 for `gpt2`)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, vocab) for token ids (B, T); with targets (B, T) also the mean cross-entropy.
+
+        Targets equal to -1 are ignored in the loss (padding).
+        """
+        T = idx.size(1)
+        if self.config.n_positions < T:
+            raise GPT2Error(f"sequence of {T} tokens is longer than the context ({self.config.n_positions})")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def forward_cached(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the new tokens idx (B, T) after the `cache.length` cached ones; logits of the last position (B, V).
+
+        position_ids (B, T) default to cache.length + arange(T); attn_mask (B, 1, T, cache.length + T), True
+        where attention is allowed, is needed for padding or when T > 1 follows cached positions.
+        """
+        B, T = idx.shape
+        start = cache.length
+        if start + T > cache.max_len:
+            raise GPT2Error(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=idx.device).expand(B, T)
+        if attn_mask is None and T > 1 and start > 0:
+            attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, (cache.k[i], cache.v[i], start), attn_mask)
+        cache.length = start + T
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache on this model's device and dtype."""
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len or self.config.n_positions, p.device, p.dtype)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue each row of idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
+
+        temperature=0 is greedy decoding. See gpt2.generate for text, streaming, padding and stop strings.
+        """
+        from gpt2.generate import generate_ids
+
+        return generate_ids(
+            self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GPT:
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin), or download
+        the official weights by name: gpt2, gpt2-medium, gpt2-large, gpt2-xl."""
+        from gpt2.checkpoint import load_model
+
+        return load_model(path_or_name, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> None:
+        """Write config.json + model.safetensors in Hugging Face's GPT-2 layout (and the tokenizer files)."""
+        from gpt2.checkpoint import save_model
+
+        save_model(self, path, tokenizer=tokenizer)
