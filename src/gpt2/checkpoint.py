@@ -67,9 +67,7 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> GPTConfig:
         raise GPT2Error(f"{source}: model_type is {hf.get('model_type')!r}, not 'gpt2'")
     for key, allowed in FIXED_HF_OPTIONS.items():
         if key in hf and hf[key] not in allowed:
-            raise GPT2Error(
-                f"{source}: {key}={hf[key]!r} is not GPT-2's architecture (expected {allowed[0]!r})"
-            )
+            raise GPT2Error(f"{source}: {key}={hf[key]!r} is not GPT-2's architecture (expected {allowed[0]!r})")
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise GPT2Error(f"{source}: n_inner={hf['n_inner']} is not GPT-2's 4 * n_embd")
@@ -138,13 +136,9 @@ def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
             raise GPT2Error(f"{st}: corrupt or truncated safetensors file ({e})") from None
     if binf.is_file():
         try:
-            state = torch.load(
-                binf, map_location="cpu", weights_only=True
-            )  # never unpickle arbitrary objects
+            state = torch.load(binf, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         except Exception as e:
-            raise GPT2Error(
-                f"{binf}: cannot be read as a PyTorch state dict ({type(e).__name__}: {e})"
-            ) from None
+            raise GPT2Error(f"{binf}: cannot be read as a PyTorch state dict ({type(e).__name__}: {e})") from None
         if not isinstance(state, dict):
             raise GPT2Error(f"{binf}: expected a state dict of tensors")
         return state, binf

@@ -210,9 +210,7 @@ def encode_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
 
 
 @overload
-def generate(
-    model: GPT, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int = ..., **kw: Any
-) -> list[str]: ...
+def generate(model: GPT, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int = ..., **kw: Any) -> list[str]: ...
 @overload
 def generate(
     model: GPT, tokenizer: TextTokenizer, prompt: list[str], max_new_tokens: int = ..., **kw: Any
@@ -244,11 +242,9 @@ def generate(
         raise GPT2Error(f"num_samples must be >= 1, got {num_samples}")
     ids = [encode_prompt(tokenizer, p) for p in prompts for _ in range(num_samples)]
     rows = [Completion(tokenizer, stop, stop_at_eot) for _ in ids]
-    steps = iter_tokens(
-        model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-    )
+    steps = iter_tokens(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     for tokens in steps:
-        for row, token in zip(rows, tokens.tolist()):
+        for row, token in zip(rows, tokens.tolist(), strict=True):
             if not row.done:
                 row.add(token)
         if all(row.done for row in rows):

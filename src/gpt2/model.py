@@ -259,9 +259,7 @@ class GPT(nn.Module):
         """
         from gpt2.generate import generate_ids
 
-        return generate_ids(
-            self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-        )
+        return generate_ids(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     @classmethod
     def from_pretrained(

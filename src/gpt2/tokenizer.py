@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from functools import cache
 from pathlib import Path
-from typing import AbstractSet, Literal
+from typing import Literal
 
 from gpt2.errors import GPT2Error
 
@@ -68,9 +69,7 @@ def token_to_bytes(token: str) -> bytes:
     try:
         return bytes(decoder[c] for c in token)
     except KeyError as e:
-        raise GPT2Error(
-            f"token {token!r} holds {e.args[0]!r}, which is not in GPT-2's byte alphabet"
-        ) from None
+        raise GPT2Error(f"token {token!r} holds {e.args[0]!r}, which is not in GPT-2's byte alphabet") from None
 
 
 def bytes_to_token(b: bytes) -> str:
@@ -138,9 +137,7 @@ class Tokenizer:
             if line == "":
                 continue
             if len(parts) != 2:
-                raise GPT2Error(
-                    f"{merges_path}:{n}: expected two tokens separated by one space, got {line!r}"
-                )
+                raise GPT2Error(f"{merges_path}:{n}: expected two tokens separated by one space, got {line!r}")
             merges.append((token_to_bytes(parts[0]), token_to_bytes(parts[1])))
         name = "gpt2" if len(merges) == 50000 and vocab.get("Ġthe") == 262 else merges_path.parent.name
         tok = cls(merges, name=name)
@@ -183,9 +180,7 @@ class Tokenizer:
         """Token ids of text. The text "<|endoftext|>" becomes the special token only when allowed_special
         names it (or is "all"); by default it raises, as tiktoken does, so that user text cannot inject it."""
         try:
-            return self._enc.encode(
-                text, allowed_special=allowed_special, disallowed_special=disallowed_special
-            )
+            return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
         except ValueError as e:
             raise GPT2Error(str(e).splitlines()[0]) from None
 
@@ -210,9 +205,7 @@ class Tokenizer:
         try:
             return self._enc.decode_bytes(list(ids))
         except KeyError as e:
-            raise GPT2Error(
-                f"token id {e.args[0]} is outside the vocabulary (size {self.vocab_size})"
-            ) from None
+            raise GPT2Error(f"token id {e.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of a token sequence; invalid UTF-8 becomes U+FFFD rather than an error."""
