@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "gpt2.demo",
         "train a small GPT-2 end to end on text that ships with Python, then sample from it",
     ),
-    "tokenizer": ("gpt2.bpe", "train a byte-level BPE vocabulary (`gpt2 tokenizer train`), or encode text"),
+    "tokenizer": ("gpt2.tokenizer", "train a byte-level BPE vocabulary (`gpt2 tokenizer train`), or encode text"),
     "prepare": ("gpt2.data", "tokenize text files into token shards for training"),
     "train": (
         "gpt2.train",
