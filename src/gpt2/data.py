@@ -1,0 +1,369 @@
+"""Training data: text files -> token shards (`gpt2 prepare`), and the loader that serves them to training.
+
+A prepared folder holds
+  manifest.json         what was read, with which tokenizer, and the shards of each split;
+  tokenizer/            the vocabulary used (vocab.json + merges.txt), so training never mixes vocabularies;
+  train_000000.bin ...  shards: a 64-byte header (magic, version, vocab size, token count, bytes per token) and
+  val_000000.bin ...    the tokens as little-endian uint16 (uint32 for vocabularies over 65,536), memory-mappable.
+Each document is preceded by <|endoftext|>, as in GPT-2's training data, so the model learns where texts begin.
+
+Shards are written to a temp file and renamed, and the header's token count must match the file size, so a
+half-written shard never looks whole. The manifest records every finished shard and how many documents they
+hold; an interrupted `gpt2 prepare` run again with the same arguments skips those documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import io
+import json
+import math
+import os
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpt2.checkpoint import atomic_write
+from gpt2.errors import GPT2Error
+from gpt2.tokenizer import Tokenizer
+
+MAGIC = 0x32545047  # b"GPT2" read as a little-endian uint32
+VERSION = 1
+HEADER = struct.Struct("<IIIIQ40x")  # magic, version, vocab size, bytes per token, token count; 64 bytes
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2")
+MANIFEST = "manifest.json"
+
+
+# ------------------------------------------------------------------------------------------------ shards
+def write_shard(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
+    header = HEADER.pack(MAGIC, VERSION, vocab_size, np.dtype(dtype).itemsize, len(tokens))
+    atomic_write(path, header + tokens.astype(dtype, copy=False).astype("<" + np.dtype(dtype).str[1:]).tobytes())
+
+
+def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """The tokens of a shard (a read-only memory map) and the vocabulary size it was written for."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER.size)
+        size = path.stat().st_size
+    except OSError as e:
+        raise GPT2Error(f"{path}: cannot read token shard ({e.strerror})") from None
+    if len(raw) < HEADER.size:
+        raise GPT2Error(f"{path}: too short to be a token shard")
+    magic, version, vocab_size, itemsize, count = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise GPT2Error(f"{path}: not a gpt2 token shard (bad magic number)")
+    if version != VERSION:
+        raise GPT2Error(f"{path}: shard format version {version}, this gpt2 reads version {VERSION}")
+    if itemsize not in (2, 4) or size != HEADER.size + count * itemsize:
+        raise GPT2Error(f"{path}: truncated or damaged: header says {count} tokens, file holds {size} bytes")
+    dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(count,)), vocab_size
+
+
+# ------------------------------------------------------------------------------------------------ reading text
+def input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The readable files named by `inputs` (folders searched recursively), in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+            )
+            if not found:
+                raise GPT2Error(f"{path}: no .txt or .jsonl(.gz/.zst/.bz2) files in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise GPT2Error(f"{path}: no such file or folder")
+    return files
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    name = path.name
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.open(path, "rb"))  # buffered: the raw reader cannot iterate lines
+    return open(path, "rb")
+
+
+class DocumentReader:
+    """Documents from text files (one document per file) and JSON Lines files (one per record, field `text`);
+    empty documents are skipped.
+
+    Bytes that are not UTF-8 are replaced with U+FFFD and counted, so a stray binary file is visible.
+    """
+
+    def __init__(self, files: Sequence[Path], text_field: str = "text") -> None:
+        self.files = list(files)
+        self.text_field = text_field
+        self.replaced = 0  # documents that held invalid UTF-8
+
+    def _decode(self, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.replaced += 1
+            return raw.decode("utf-8", errors="replace")
+
+    def __iter__(self) -> Iterator[str]:
+        for path in self.files:
+            is_jsonl = any(path.name.endswith(s) for s in JSONL_SUFFIXES)
+            try:
+                with _open_binary(path) as f:
+                    if not is_jsonl:
+                        if text := self._decode(f.read()):
+                            yield text
+                        continue
+                    for n, line in enumerate(f, start=1):
+                        if not line.strip():
+                            continue
+                        try:
+                            record = json.loads(self._decode(line))
+                        except ValueError:
+                            raise GPT2Error(f"{path}:{n}: not valid JSON") from None
+                        text = record.get(self.text_field) if isinstance(record, dict) else None
+                        if not isinstance(text, str):
+                            raise GPT2Error(f"{path}:{n}: no string field {self.text_field!r}")
+                        if text:
+                            yield text
+            except (OSError, EOFError) as e:
+                raise GPT2Error(f"{path}: cannot read ({e})") from None
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+@dataclass
+class PrepareConfig:
+    inputs: list[str]
+    tokenizer: str
+    output: str
+    val_fraction: float = 0.005
+    shard_tokens: int = 100_000_000
+    piece_tokens: int = 16384  # documents longer than this are split into pieces for the train/val routing
+    text_field: str = "text"
+
+
+def is_val(piece_index: int, fraction: float) -> bool:
+    """Route evenly: piece k is validation when floor((k+1) * f) > floor(k * f); exactly a fraction f of pieces,
+    spread through the corpus rather than all at its end, and the same on every run."""
+    return math.floor((piece_index + 1) * fraction) > math.floor(piece_index * fraction)
+
+
+def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
+    """Tokenize cfg.inputs into shards in cfg.output; returns the manifest. Resumes an interrupted run."""
+    from tqdm import tqdm
+
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise GPT2Error(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    tok = Tokenizer.from_pretrained(cfg.tokenizer)
+    files = input_files(cfg.inputs)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    identity = {
+        "inputs": [str(p) for p in files],
+        "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size},
+        "val_fraction": cfg.val_fraction,
+        "shard_tokens": cfg.shard_tokens,
+        "piece_tokens": cfg.piece_tokens,
+    }
+    manifest: dict[str, Any] = {"format": "gpt2-token-shards", "version": VERSION, **identity, "complete": False}
+    manifest["splits"] = {s: {"shards": [], "tokens": 0, "documents": 0} for s in ("train", "val")}
+    manifest["documents_done"] = manifest["pieces_done"] = 0
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if any(old.get(k) != v for k, v in identity.items()):
+            raise GPT2Error(f"{out} already holds shards prepared from other inputs or settings; use a new --output")
+        if old.get("complete"):
+            return old
+        manifest = old
+    tok.save_pretrained(out / "tokenizer")
+
+    reader = DocumentReader(files, cfg.text_field)
+    skip = manifest["documents_done"]
+    buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    pending = {"train": 0, "val": 0}
+    doc_counts = {"train": 0, "val": 0}
+    piece = manifest["pieces_done"]
+    documents = skip
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+
+    def flush(final: bool = False) -> None:
+        """Write both splits' buffers as shards and record them: the manifest is the resume point."""
+        for split, parts in buffers.items():
+            if not parts:
+                continue
+            info = manifest["splits"][split]
+            name = f"{split}_{len(info['shards']):06d}.bin"
+            tokens = np.concatenate(parts)
+            write_shard(out / name, tokens, tok.vocab_size)
+            info["shards"].append({"file": name, "tokens": int(len(tokens))})
+            info["tokens"] += int(len(tokens))
+            parts.clear()
+            pending[split] = 0
+        for split in doc_counts:
+            manifest["splits"][split]["documents"] += doc_counts[split]
+            doc_counts[split] = 0
+        manifest["documents_done"], manifest["pieces_done"], manifest["complete"] = documents, piece, final
+        atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+    bar = tqdm(desc="tokenizing", unit="doc", disable=not progress, initial=skip)
+    batch: list[str] = []
+
+    def consume(texts: list[str]) -> None:
+        nonlocal piece, documents
+        for ids in tok.encode_batch(texts):
+            ids = np.asarray([tok.eot_id, *ids], dtype=dtype)
+            splits_seen = set()
+            for start in range(0, len(ids), cfg.piece_tokens):
+                split = "val" if cfg.val_fraction and is_val(piece, cfg.val_fraction) else "train"
+                buffers[split].append(ids[start : start + cfg.piece_tokens])
+                pending[split] += len(buffers[split][-1])
+                splits_seen.add(split)
+                piece += 1
+            for split in splits_seen:
+                doc_counts[split] += 1
+            documents += 1
+            if pending["train"] >= cfg.shard_tokens:
+                flush()
+        bar.update(len(texts))
+
+    for n, text in enumerate(reader):
+        if n < skip:
+            continue
+        batch.append(text)
+        if len(batch) >= 256 or sum(map(len, batch)) > 8 << 20:
+            consume(batch)
+            batch = []
+    if batch:
+        consume(batch)
+    bar.close()
+    if documents == 0:
+        raise GPT2Error(f"no text found in {', '.join(map(str, cfg.inputs))}: the corpus is empty")
+    if reader.replaced:
+        warnings.warn(
+            f"{reader.replaced} documents held bytes that are not UTF-8; they were replaced with U+FFFD", stacklevel=2
+        )
+    flush(final=True)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise GPT2Error(f"{data_dir}: not a prepared data folder (no {MANIFEST}); run `gpt2 prepare` first")
+    manifest = json.loads(path.read_text())
+    if not manifest.get("complete"):
+        raise GPT2Error(f"{data_dir}: `gpt2 prepare` did not finish; run it again with the same arguments")
+    return manifest
+
+
+class TokenLoader:
+    """Batches (x, y) of shape (B, T) from one split, in a shuffled order that resumes exactly.
+
+    The split is cut into sequences of T+1 tokens at stride T within each shard. Every epoch visits all of
+    them once, in a permutation drawn from (seed, epoch). A step of a data-parallel run takes the next
+    world_size * B sequences of the permutation, rank r the r-th block of B: so ranks read disjoint data,
+    and one process with gradient accumulation reads exactly what world_size processes read together.
+    The position (epoch, cursor) is the whole state.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        split: str,
+        batch_size: int,
+        seq_len: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        manifest = load_manifest(data_dir)
+        info = manifest["splits"].get(split)
+        if not info or not info["shards"]:
+            raise GPT2Error(f"{data_dir}: the {split!r} split is empty (raise --val-fraction in `gpt2 prepare`)")
+        self.shards = [read_shard(Path(data_dir) / s["file"])[0] for s in info["shards"]]
+        self.vocab_size = manifest["tokenizer"]["vocab_size"]
+        counts = np.array([(len(s) - 1) // seq_len for s in self.shards], dtype=np.int64)
+        self.num_sequences = int(counts.sum())
+        if self.num_sequences < batch_size * world_size:
+            raise GPT2Error(
+                f"{data_dir}: the {split!r} split has {self.num_sequences} sequences of {seq_len + 1} tokens, "
+                f"fewer than one batch ({world_size} x {batch_size}); use a shorter sequence or a smaller batch"
+            )
+        self.starts = np.concatenate([[0], np.cumsum(counts)])  # first sequence index of each shard
+        self.B, self.T = batch_size, seq_len
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_sequences)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
+
+    def _sequence(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, index, side="right") - 1)
+        offset = (index - int(self.starts[shard])) * self.T
+        return self.shards[shard][offset : offset + self.T + 1]
+
+    def next_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.B * self.world_size
+        if self.cursor + step > self.num_sequences:  # the rest of the epoch is shorter than a step: next epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        first = self.cursor + self.rank * self.B
+        rows = np.stack([self._sequence(int(i)) for i in self._order[first : first + self.B]]).astype(np.int64)
+        self.cursor += step
+        batch = torch.from_numpy(rows)
+        if torch.device(device).type == "cuda":
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
+        self._order = self._permutation(self.epoch)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def cli(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="gpt2 prepare", description="Tokenize text into token shards for training.")
+    p.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl(.gz/.zst/.bz2) files or folders")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder, model folder, or 'gpt2'")
+    p.add_argument("--output", required=True, help="folder for the shards and manifest.json")
+    p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out (default 0.005)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100M)")
+    p.add_argument("--text-field", default="text", help="JSON Lines field holding the text (default: text)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    cfg = PrepareConfig(a.input, a.tokenizer, a.output, a.val_fraction, a.shard_tokens, text_field=a.text_field)
+    m = prepare(cfg, progress=not a.quiet)
+    train, val = m["splits"]["train"], m["splits"]["val"]
+    print(
+        f"{a.output}: {train['tokens']:,} train tokens in {len(train['shards'])} shards, "
+        f"{val['tokens']:,} val tokens in {len(val['shards'])} shards, {m['documents_done']:,} documents"
+    )
