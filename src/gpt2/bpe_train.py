@@ -1,0 +1,340 @@
+"""Learning a GPT-2 byte-level BPE vocabulary from any corpus (`train_bpe`, `gpt2 tokenizer train`).
+
+GPT-2's rules: the 256 single bytes are the first tokens, each merge of two adjacent tokens adds one more, and
+<|endoftext|> comes last; merges never cross the pieces of the pre-tokenization pattern (GPT2_PATTERN), and the
+text "<|endoftext|>" in the corpus separates documents rather than being learned from.
+
+Training is two passes, neither of which re-counts the corpus per merge:
+  1. Word counting. Files are read in chunks of about a million characters, cut only where the pattern is
+     sure to split anyway (so chunked counts equal whole-text counts), and the chunks are pre-tokenized and
+     counted by worker processes on all cores. Only the table of distinct words and their counts is kept,
+     so a corpus larger than memory works.
+  2. Merging. Each distinct word is a string whose characters are token ids (chr(0..255) the bytes, chr(256 + k)
+     the k-th merge), so applying a merge to a word is one str.replace. Pair counts, the words each pair occurs
+     in, and a max-heap of pairs are kept up to date as merges change the words they touch: a merge costs time
+     in proportion to the words it changes, not to the corpus.
+
+Ties are broken by a fixed rule so that training is deterministic: among pairs of equal count, the one whose
+left token's bytes sort first wins, then the one whose right token's bytes sort first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import os
+import sys
+import warnings
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import regex
+
+from gpt2.errors import GPT2Error
+from gpt2.tokenizer import EOT, GPT2_PATTERN, Tokenizer, clean_text, gc_paused
+
+CHUNK_CHARS = 1 << 20  # characters per counting task: large enough that pickling costs little
+MAX_CHUNK_CHARS = 64 << 20  # text with no safe cut this long (one giant token) is cut anyway
+READ_BYTES = 1 << 20
+MAX_VOCAB = 0x110000  # token ids are characters in training, and chr() stops at U+10FFFF
+
+_PATTERN = regex.compile(GPT2_PATTERN)
+# Cut points where GPT2_PATTERN's pieces end whatever comes on either side: before a whitespace character that
+# is followed by a non-space, if it is not a space (a space there would join the next piece) or if a
+# non-space precedes it (so it ends no whitespace run). `regex`'s \s is Unicode White_Space, as in tiktoken.
+_SAFE_CUT = regex.compile(r"[^\S ](?=\S)|(?<=\S) (?=\S)")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def cut_chunks(pieces: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
+    """The concatenation of `pieces`, re-cut into chunks of about `size` characters at safe cut points, so
+    that pre-tokenizing the chunks one by one gives the same pieces as pre-tokenizing the whole text."""
+    buf = ""
+    for piece in pieces:
+        buf += piece
+        while len(buf) > size:
+            m = _SAFE_CUT.search(buf, size)
+            if m is None and len(buf) < MAX_CHUNK_CHARS:
+                break  # read on: the cut point is further ahead
+            cut = m.start() if m is not None else len(buf)
+            yield buf[:cut]
+            buf = buf[cut:]
+    if buf:
+        yield buf
+
+
+def _utf8_prefix(raw: bytes) -> int:
+    """The length of the longest prefix of `raw` that does not end inside a UTF-8 multi-byte sequence."""
+    for back in range(1, min(4, len(raw)) + 1):
+        byte = raw[-back]
+        if byte < 0x80:
+            return len(raw)
+        if byte >= 0xC0:  # the lead byte of the last sequence: is the sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(raw) if back >= need else len(raw) - back
+    return len(raw)
+
+
+class Corpus:
+    """The text of files, folders (searched as `gpt2 prepare` searches them) and in-memory strings, as chunks.
+
+    Plain text files (and .gz/.bz2/.zst ones) are read in pieces, so a file larger than memory is fine; JSON
+    Lines files give the `text` field of each record. A NUL byte marks a file as binary: that is an error.
+    Invalid UTF-8 is replaced with U+FFFD and counted, for one warning at the end.
+    """
+
+    def __init__(self, items: Iterable[str | os.PathLike]) -> None:
+        self.items = list(items)
+        self.invalid_bytes = 0  # bytes of invalid UTF-8 replaced
+        self.invalid_files: list[Path] = []
+
+    def _decode(self, raw: bytes, path: Path) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # surrogateescape turns each invalid byte into one U+DC80..U+DCFF, which valid UTF-8 never yields.
+            self.invalid_bytes += sum(1 for c in raw.decode("utf-8", "surrogateescape") if "\udc80" <= c <= "\udcff")
+            if not self.invalid_files or self.invalid_files[-1] != path:
+                self.invalid_files.append(path)
+            return raw.decode("utf-8", "replace")
+
+    def _read_text_file(self, path: Path) -> Iterator[str]:
+        from gpt2.data import _open_binary
+
+        offset, carry = 0, b""
+        with _open_binary(path) as f:
+            while raw := f.read(READ_BYTES):
+                if (nul := raw.find(b"\0")) >= 0:
+                    raise GPT2Error(
+                        f"{path}: looks like a binary file (a NUL byte at offset {offset + nul}); pass UTF-8 text files"
+                    )
+                offset += len(raw)
+                raw = carry + raw
+                end = _utf8_prefix(raw)
+                carry = raw[end:]
+                yield self._decode(raw[:end], path)
+        if carry:
+            yield self._decode(carry, path)
+
+    def _documents(self) -> Iterator[Iterable[str]]:
+        """Each document as an iterable of pieces of its text."""
+        from gpt2.data import JSONL_SUFFIXES, DocumentReader, input_files
+
+        for item in self.items:
+            if isinstance(item, str):
+                yield (item,)
+                continue
+            for path in input_files([item]):
+                if path.name.endswith(JSONL_SUFFIXES):
+                    reader = DocumentReader([path])
+                    yield from ((doc,) for doc in reader)
+                    if reader.replaced:
+                        self.invalid_files.append(path)
+                        self.invalid_bytes += reader.replaced  # counted per record there; close enough to warn
+                else:
+                    yield self._read_text_file(path)
+
+    def chunks(self, size: int = CHUNK_CHARS) -> Iterator[str]:
+        """The corpus as chunks of about `size` characters; documents are never joined."""
+        try:
+            for doc in self._documents():
+                yield from cut_chunks(doc, size)
+        except OSError as e:
+            raise GPT2Error(f"{getattr(e, 'filename', None) or 'input'}: cannot read ({e.strerror or e})") from None
+
+    def warn_invalid(self) -> None:
+        if self.invalid_bytes:
+            files = self.invalid_files
+            more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+            warnings.warn(
+                f"{self.invalid_bytes:,} bytes of invalid UTF-8 (in {files[0]}{more}) were replaced with U+FFFD",
+                stacklevel=3,
+            )
+
+
+# ------------------------------------------------------------------------------------------------ word counting
+def count_words(texts: list[str]) -> dict[str, int]:
+    """Pre-tokenized pieces of `texts` and their counts, each piece spelled as its UTF-8 bytes (one character
+    per byte, via latin-1): the form the merge loop works on."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        for part in clean_text(text).split(EOT):
+            counts.update(_PATTERN.findall(part))
+    return {word.encode("utf-8").decode("latin-1"): n for word, n in counts.items()}
+
+
+def _tasks(chunks: Iterator[str], size: int) -> Iterator[list[str]]:
+    """Chunks grouped into tasks of at least `size` characters (many small documents make one task)."""
+    task: list[str] = []
+    chars = 0
+    for chunk in chunks:
+        task.append(chunk)
+        chars += len(chunk)
+        if chars >= size:
+            yield task
+            task, chars = [], 0
+    if task:
+        yield task
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork starts workers at once with nothing to import; macOS and Windows lack a safe fork.
+    if sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def count_corpus(corpus: Corpus, workers: int, progress: bool, size: int = CHUNK_CHARS) -> dict[str, int]:
+    """All words of the corpus with their counts, counted by `workers` processes (in this one if 1)."""
+    from tqdm import tqdm
+
+    total: dict[str, int] = {}
+
+    def add(part: dict[str, int], chars: int) -> None:
+        get = total.get
+        for word, n in part.items():
+            total[word] = get(word, 0) + n
+        bar.update(chars)
+
+    tasks = _tasks(corpus.chunks(size), size)
+    first = next(tasks, None)
+    second = next(tasks, None) if first is not None else None
+    if second is None or workers <= 1:
+        with tqdm(desc="counting words", unit="char", unit_scale=True, disable=not progress) as bar:
+            for task in [t for t in (first, second) if t is not None]:
+                add(count_words(task), sum(map(len, task)))
+            for task in tasks:
+                add(count_words(task), sum(map(len, task)))
+        return total
+    # The pool is made before the progress bar starts its monitor thread: fork with live threads is unsafe.
+    with (
+        _pool_context().Pool(workers) as pool,
+        tqdm(desc="counting words", unit="char", unit_scale=True, disable=not progress) as bar,
+    ):
+        pending: deque = deque()
+        # At most 2 tasks per worker in flight, so reading never runs ahead of counting by more than that.
+        for task in _chain(first, second, tasks):
+            pending.append((pool.apply_async(count_words, (task,)), sum(map(len, task))))
+            if len(pending) >= 2 * workers:
+                result, chars = pending.popleft()
+                add(result.get(), chars)
+        while pending:
+            result, chars = pending.popleft()
+            add(result.get(), chars)
+    return total
+
+
+def _chain(first: list[str], second: list[str], rest: Iterator[list[str]]) -> Iterator[list[str]]:
+    yield first
+    yield second
+    yield from rest
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def learn_merges(word_counts: dict[str, int], n_merges: int, progress: bool = False) -> list[tuple[bytes, bytes]]:
+    """The first `n_merges` merges BPE learns from words (spelled one character per byte) and their counts.
+
+    Fewer are returned when every word has become a single token first.
+    """
+    from tqdm import tqdm
+
+    words = [w for w in word_counts if len(w) > 1]  # one-byte words hold no pairs and never change
+    counts = [word_counts[w] for w in words]
+    pair_counts: dict[str, int] = defaultdict(int)  # pair (two characters) -> occurrences in the corpus
+    where: dict[str, set[int]] = defaultdict(set)  # pair -> words it occurs in (or did: checked before use)
+    for i, (word, n) in enumerate(zip(words, counts, strict=True)):
+        for j in range(len(word) - 1):
+            pair = word[j : j + 2]
+            pair_counts[pair] += n
+            where[pair].add(i)
+    token_bytes = [bytes([b]) for b in range(256)]  # token id -> its bytes
+    # Max-heap on count, then the tie rule. Entries go stale as counts change; a popped entry whose count is
+    # out of date is pushed back with the current one. That is sound because a pair's count never grows: the
+    # pairs a merge creates all hold the new token, so they are new pairs, pushed once when created.
+    heap = [(-n, token_bytes[ord(p[0])], token_bytes[ord(p[1])], p) for p, n in pair_counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[bytes, bytes]] = []
+    with tqdm(total=n_merges, desc="merging", unit="merge", disable=not progress) as bar:
+        while len(merges) < n_merges and heap:
+            neg, left, right, pair = heapq.heappop(heap)
+            n = pair_counts.get(pair, 0)
+            if n != -neg:
+                if n > 0:
+                    heapq.heappush(heap, (-n, left, right, pair))
+                continue
+            new = chr(256 + len(merges))
+            merges.append((left, right))
+            token_bytes.append(left + right)
+            created = set()
+            for i in where.pop(pair):
+                word = words[i]
+                if pair not in word:
+                    continue
+                n = counts[i]
+                merged = word.replace(pair, new)  # left to right, non-overlapping: BPE's own order
+                words[i] = merged
+                for j in range(len(word) - 1):
+                    pair_counts[word[j : j + 2]] -= n
+                for j in range(len(merged) - 1):
+                    q = merged[j : j + 2]
+                    pair_counts[q] += n
+                    if new in q:
+                        where[q].add(i)
+                        created.add(q)
+            del pair_counts[pair]
+            for q in created:
+                heapq.heappush(heap, (-pair_counts[q], token_bytes[ord(q[0])], token_bytes[ord(q[1])], q))
+            bar.update(1)
+    return merges
+
+
+# ------------------------------------------------------------------------------------------------ the whole job
+def _too_big(vocab_size: int, supported: str) -> GPT2Error:
+    return GPT2Error(
+        f"vocab size {vocab_size:,} is more than this corpus supports ({supported} tokens, by when every word is "
+        f"a single token); use a smaller vocab size or more text"
+    )
+
+
+def train_bpe(
+    texts_or_paths: str | os.PathLike | Iterable[str | os.PathLike],
+    vocab_size: int,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    name: str = "custom",
+) -> Tokenizer:
+    """Learn a GPT-2 byte-level BPE of `vocab_size` tokens (256 bytes + merges + <|endoftext|>).
+
+    `texts_or_paths`: strings are text to learn from; Path objects (os.PathLike) are files or folders to read.
+    `workers`: processes counting words (default: all cores). Nothing is written: save the result with
+    `tokenizer.save_pretrained(folder, names="openai")`.
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 257 <= vocab_size <= MAX_VOCAB:
+        raise GPT2Error(
+            f"vocab size must be an integer from 257 (256 byte tokens + <|endoftext|>) to {MAX_VOCAB:,}, "
+            f"got {vocab_size!r}"
+        )
+    items = [texts_or_paths] if isinstance(texts_or_paths, str | os.PathLike) else list(texts_or_paths)
+    for item in items:
+        if not isinstance(item, str | os.PathLike):
+            raise GPT2Error(f"train_bpe takes texts (str) and paths (os.PathLike), got a {type(item).__name__}")
+        if not isinstance(item, str) and not Path(item).exists():
+            raise GPT2Error(f"{item}: no such file or folder")
+    corpus = Corpus(items)
+    with gc_paused():
+        word_counts = count_corpus(corpus, workers or os.cpu_count() or 1, progress)
+    corpus.warn_invalid()
+    if not word_counts:
+        raise GPT2Error("the corpus holds no text: nothing to learn a vocabulary from")
+    n_merges = vocab_size - 257
+    # Each merge shortens some word by at least one token, so this bounds the merges the corpus can give.
+    most = sum(len(w) - 1 for w in word_counts)
+    if most < n_merges:
+        raise _too_big(vocab_size, f"at most {257 + most:,}")
+    with gc_paused():
+        merges = learn_merges(word_counts, n_merges, progress)
+    if len(merges) < n_merges:
+        raise _too_big(vocab_size, f"{257 + len(merges):,}")
+    return Tokenizer(merges, name=name)
