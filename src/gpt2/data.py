@@ -157,7 +157,7 @@ class PrepareConfig:
     output: str
     val_fraction: float = 0.005
     shard_tokens: int = 100_000_000
-    piece_tokens: int = 16384  # documents longer than this are split into pieces for the train/val routing
+    piece_tokens: int = 2048  # documents longer than this are split into pieces for the train/val routing
     text_field: str = "text"
 
 
@@ -263,6 +263,12 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
             f"{reader.replaced} documents held bytes that are not UTF-8; they were replaced with U+FFFD", stacklevel=2
         )
     flush(final=True)
+    if cfg.val_fraction and not manifest["splits"]["val"]["tokens"]:
+        warnings.warn(
+            f"the val split is empty: {piece} pieces of up to {cfg.piece_tokens} tokens are too few for a "
+            f"val fraction of {cfg.val_fraction}; raise --val-fraction to hold some out",
+            stacklevel=2,
+        )
     return manifest
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0: off
     # evaluation, logging, checkpoints
     eval_interval: int = 250  # steps between val loss, a sample and a checkpoint
-    eval_batches: int = 20
+    eval_batches: int = 20  # val loss over this many batches of total_batch_size sequences
     log_interval: int = 10
     sample_tokens: int = 64
     sample_prompt: str = ""  # empty: start from <|endoftext|>, an unconditional sample
@@ -190,8 +190,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
     key = (str(device), str(dtype))
     if key not in _PEAKS:
         n = 4096 if device.type == "cuda" else 1024
-        a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
-        b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+        g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: resumed runs must replay it exactly
+        a, b = (torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g) for _ in range(2))
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         for _ in range(3):
             a @ b
@@ -345,6 +345,8 @@ class Trainer:
             cfg.data, "train", cfg.batch_size, cfg.seq_len, rank=self.dist.rank, world_size=W, seed=cfg.seed
         )
         self.has_val = bool(manifest["splits"]["val"]["shards"])
+        if not self.has_val and self.dist.main:
+            warnings.warn(f"{cfg.data} has no val split: no val loss will be measured", stacklevel=2)
         if self.dist.enabled:
             self._wrap_distributed()
         self.optimizer = make_optimizer(self.model, cfg, self.device)
@@ -546,7 +548,9 @@ class Trainer:
             world_size=self.dist.world_size,
             shuffle=False,
         )
-        batches = min(self.cfg.eval_batches, loader.num_sequences // (self.cfg.batch_size * self.dist.world_size))
+        # eval_batches full batches (total_batch_size sequences each): the same sequences however many processes
+        per_rank = self.cfg.batch_size * self.dist.world_size
+        batches = min(self.cfg.eval_batches * self.accum, loader.num_sequences // per_rank)
         total = torch.zeros((), device=self.device)
         for _ in range(batches):
             x, y = loader.next_batch(self.device)

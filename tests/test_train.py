@@ -1,0 +1,190 @@
+"""The training loop: configuration, schedule, checkpoints, exact resume, data parallelism, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt2 import GPT
+from gpt2.data import PrepareConfig, prepare
+from gpt2.errors import GPT2Error
+from gpt2.train import TrainConfig, load_config, lr_at, train
+
+SMALL = dict(
+    model="gpt2-tiny",
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    seq_len=32,
+    batch_size=4,
+    eval_batches=2,
+    sample_tokens=0,
+    dtype="float32",
+    warmup_steps=5,
+    lr=3e-3,
+)
+
+
+def cli_args(options: dict) -> list[str]:
+    return [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, shared_data: Path, gpt2_tokenizer) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    gpt2_tokenizer.save_pretrained(root / "tok")
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:200_000]
+    (root / "shakespeare.txt").write_text(text)
+    prepare(PrepareConfig([str(root / "shakespeare.txt")], str(root / "tok"), str(root / "data"), 0.1), False)
+    return root / "data"
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model" / "model.safetensors")
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_schedule_warmup_then_cosine() -> None:
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
+    assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+
+
+def test_config_layers_and_errors(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('model = "gpt2"\nlr = 1\nbatch_size = 4\ncompile = true\n')
+    cfg = load_config(str(f), {"batch_size": 2})
+    assert cfg.seq_len == 1024 and cfg.total_batch_size == 512  # the gpt2 preset's training defaults
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.batch_size == 2 and cfg.compile is True
+    assert load_config(None, {}).model == "gpt2-tiny"
+    with pytest.raises(GPT2Error, match="unknown training option 'lrr'"):
+        load_config(None, {"lrr": 1.0})
+    f.write_text('batch_size = "four"\n')
+    with pytest.raises(GPT2Error, match="batch_size must be int"):
+        load_config(str(f), {})
+    f.write_text("batch_size = \n")
+    with pytest.raises(GPT2Error, match="cannot read TOML"):
+        load_config(str(f), {})
+    # the saved configuration reads back as the same configuration
+    cfg = TrainConfig(sample_prompt='say "hi"\n', lr=2e-4, compile=True)
+    (tmp_path / "saved.toml").write_text(cfg.to_toml())
+    assert load_config(str(tmp_path / "saved.toml"), {}) == cfg
+
+
+def test_training_learns_logs_and_saves_interchangeable_model(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(data_dir), out=str(out), max_steps=40, eval_interval=20, log_interval=5, **SMALL)
+    cfg.sample_tokens = 8
+    last = train(cfg, progress=False)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
+    for r in rows:
+        assert {"step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "grad_norm"} <= set(r)
+        assert r["tokens"] == r["step"] * 4 * 32
+    assert "val_loss" in rows[4] and "val_loss" in rows[-1] and isinstance(rows[-1]["sample"], str)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0  # it learns
+    assert last["val_loss"] < math.log(50257) - 1.0
+    model = GPT.from_pretrained(out / "model")
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(out / "model").eval()
+    ids = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        assert torch.allclose(model(ids), hf(ids).logits, atol=1e-4)
+    assert (out / "model" / "vocab.json").is_file() and (out / "train_config.toml").is_file()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step_0000020", "step_0000040"]
+
+
+def test_resume_after_sigkill_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
+    options = dict(SMALL, data=data_dir, max_steps=24, eval_interval=4, dropout=0.1, keep_last=1)
+    train(TrainConfig(**{**options, "data": str(data_dir)}, out=str(tmp_path / "a")), progress=False)
+
+    b = tmp_path / "b"
+    cmd = [sys.executable, "-m", "gpt2", "train", "--quiet", "--out", str(b), *cli_args(options)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (b / "checkpoints" / "step_0000008").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (b / "checkpoints" / "step_0000024").exists()
+
+    from gpt2.train import cli
+
+    cli(["--resume", str(b), "--quiet"])
+    wa, wb = weights(tmp_path / "a"), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    drop = ("tokens_per_s", "mfu")
+    ma = [{k: v for k, v in r.items() if k not in drop} for r in metrics(tmp_path / "a")]
+    mb = [{k: v for k, v in r.items() if k not in drop} for r in metrics(b)]
+    assert ma == mb
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(data_dir), out=str(out), max_steps=4, eval_interval=2, **SMALL)
+    train(cfg, progress=False)
+    good = weights(out)
+    exploding = load_config(str(out / "train_config.toml"), {"max_steps": 200, "lr": 1e12, "grad_clip": 0.0})
+    with pytest.raises(GPT2Error, match=r"loss became (nan|inf) at step \d+; training stopped .*step_0000004"):
+        train(exploding, resume=True, progress=False)
+    after = weights(out)  # the last good weights are still what model/ holds
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_fine_tune_checks_vocabulary(data_dir: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    train(TrainConfig(data=str(data_dir), out=str(base), max_steps=4, eval_interval=4, **SMALL), progress=False)
+    out = tmp_path / "ft"
+    cfg = TrainConfig(data=str(data_dir), out=str(out), init_from=str(base / "model"), max_steps=4, eval_interval=4)
+    cfg.seq_len, cfg.batch_size, cfg.sample_tokens = 32, 4, 0
+    first = train(cfg, progress=False)
+    assert first["loss"] < math.log(50257)  # it starts from the trained weights, not from scratch
+
+    from gpt2.tokenizer import Tokenizer
+
+    other = Tokenizer([(b"a", b"b")])  # a different vocabulary in the model folder
+    other.save_pretrained(base / "model")
+    with pytest.raises(GPT2Error, match="was tokenized with"):
+        train(TrainConfig(data=str(data_dir), out=str(tmp_path / "x"), init_from=str(base / "model")), progress=False)
+    cfg.seq_len = 64  # longer than the base model's context (32)
+    with pytest.raises(GPT2Error, match="exceeds the context"):
+        Tokenizer.from_pretrained(data_dir / "tokenizer").save_pretrained(base / "model")
+        train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(data_dir: Path, tmp_path: Path, strategy: str) -> None:
+    options = dict(SMALL, data=data_dir, max_steps=12, eval_interval=6, log_interval=1, distributed=strategy)
+    single = dict(options, total_batch_size=8)  # one process, 2 micro-steps of 4
+    train(TrainConfig(**{**single, "data": str(data_dir)}, out=str(tmp_path / "one")), progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "gpt2", "train", "--quiet", "--out", str(tmp_path / "two"), *cli_args(options)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] and two[-1]["tokens"] == 12 * 8 * 32
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        if "val_loss" in a:
+            assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
