@@ -92,12 +92,15 @@ def test_chunks_cut_only_where_pieces_end(text: str, size: int) -> None:
 
 
 def test_counting_in_parallel_and_in_pieces_equals_whole_text(real_text: str, tmp_path: Path, monkeypatch) -> None:
-    expected = count_words([real_text])
-    assert sum(expected.values()) == len(pieces(real_text))
-    (tmp_path / "a.txt").write_text(real_text, "utf-8")
-    monkeypatch.setattr(bpe_train, "READ_BYTES", 4093)  # reads end inside multi-byte characters
-    assert count_corpus(Corpus([tmp_path / "a.txt"]), workers=2, progress=False, size=30_000) == expected
-    assert count_corpus(Corpus([real_text]), workers=1, progress=False, size=7_000) == expected
+    text = real_text + "déjà vu 😀 € " * 2000
+    expected = count_words([text])
+    assert sum(expected.values()) == len(pieces(text))
+    (tmp_path / "a.txt").write_text(text, "utf-8")
+    monkeypatch.setattr(bpe_train, "READ_BYTES", 1021)  # many reads end inside multi-byte characters
+    corpus = Corpus([tmp_path / "a.txt"])
+    assert count_corpus(corpus, workers=2, progress=False, size=30_000) == expected
+    assert corpus.invalid_bytes == 0
+    assert count_corpus(Corpus([text]), workers=1, progress=False, size=7_000) == expected
 
 
 def test_endoftext_separates_documents() -> None:

@@ -40,10 +40,11 @@ READ_BYTES = 1 << 20
 MAX_VOCAB = 0x110000  # token ids are characters in training, and chr() stops at U+10FFFF
 
 _PATTERN = regex.compile(GPT2_PATTERN)
-# Cut points where GPT2_PATTERN's pieces end whatever comes on either side: before a whitespace character that
-# is followed by a non-space, if it is not a space (a space there would join the next piece) or if a
-# non-space precedes it (so it ends no whitespace run). `regex`'s \s is Unicode White_Space, as in tiktoken.
-_SAFE_CUT = regex.compile(r"[^\S ](?=\S)|(?<=\S) (?=\S)")
+# Cut points where GPT2_PATTERN's pieces end whatever comes on either side: before the last whitespace character
+# of a run that a non-space follows. The pattern ends a whitespace piece just before that character (leaving it to
+# start the next piece, as a word's leading space or alone), and it does the same at the end of a chunk; no piece
+# reaches back across it. `regex`'s \s is Unicode White_Space, as in tiktoken.
+_SAFE_CUT = regex.compile(r"\s(?=\S)")
 
 
 # ------------------------------------------------------------------------------------------------ reading
