@@ -188,3 +188,29 @@ def test_torchrun_two_processes_match_one(data_dir: Path, tmp_path: Path, strate
             assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_quality_tinyshakespeare_beats_unigram_model(shared_data: Path, tmp_path: Path) -> None:
+    """A few hundred steps on real text must beat the best context-free predictor (the unigram distribution of the
+    training tokens, measured on the val tokens): an untrained or broken model cannot."""
+    import numpy as np
+
+    from gpt2.bpe_train import train_bpe
+    from gpt2.data import read_shard
+
+    text = shared_data / "tinyshakespeare" / "input.txt"
+    train_bpe([text], 512).save_pretrained(tmp_path / "tok")
+    manifest = prepare(PrepareConfig([str(text)], str(tmp_path / "tok"), str(tmp_path / "data"), 0.1), False)
+    shards = {
+        s: [read_shard(tmp_path / "data" / x["file"])[0] for x in manifest["splits"][s]["shards"]]
+        for s in ("train", "val")
+    }
+    counts = np.bincount(np.concatenate(shards["train"]), minlength=512) + 1.0
+    val = np.concatenate(shards["val"])
+    unigram = float(-np.log(counts / counts.sum())[val].mean())
+
+    options = dict(SMALL, n_layer=2, n_head=2, n_embd=64, seq_len=64, batch_size=16, lr=3e-3, warmup_steps=20)
+    options.update(eval_batches=20, max_steps=300, eval_interval=300)
+    last = train(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), **options), progress=False)
+    print(f"val loss {last['val_loss']:.3f}, unigram {unigram:.3f}")
+    assert last["val_loss"] < unigram - 0.5, (last["val_loss"], unigram)

@@ -354,6 +354,8 @@ class Trainer:
         self.best_step: int | None = None
         if resume:
             self._resume()
+        elif checkpoint_dirs(self.out):
+            raise GPT2Error(f"{self.out} already holds a training run; continue it with --resume, or use a new --out")
         elif self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "train_config.toml", cfg.to_toml().encode())
