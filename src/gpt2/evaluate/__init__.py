@@ -1,0 +1,130 @@
+"""Zero-shot task transfer: the paper's evaluation suite, with its protocols, on any GPT-2 checkpoint.
+
+    results = evaluate(model, tokenizer, ["lambada", "wikitext2"], data_dir="../shared/data", limit=100)
+    gpt2 eval --model gpt2 --tasks lambada,wikitext2 --data-dir ../shared/data --output results.json
+
+Modules: scoring (batched log-likelihoods), tasks/ (one module per task, each documenting its protocol), data
+(official files, downloads and checksums), detokenize, metrics, paper (the published figures), report (the
+Markdown table), command (the CLI).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gpt2.errors import GPT2Error
+from gpt2.evaluate.data import DataDir
+from gpt2.evaluate.scoring import Scorer
+from gpt2.evaluate.tasks import TASKS, Context
+from gpt2.model import GPT
+from gpt2.tokenizer import Tokenizer
+
+
+def parse_tasks(spec: str | Sequence[str]) -> list[str]:
+    """Task names from "a,b,c" (or "all"), checked against the known ones."""
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    if names == ["all"]:
+        return list(TASKS)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise GPT2Error(f"unknown task {', '.join(map(repr, unknown)) or '(none given)'}; known: {', '.join(TASKS)}")
+    return list(dict.fromkeys(names))
+
+
+def evaluate(
+    model: GPT,
+    tokenizer: Tokenizer,
+    tasks: str | Sequence[str],
+    *,
+    data_dir: str | Path | None = None,
+    offline: bool = False,
+    shots: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    stride: int | None = None,
+    seed: int = 0,
+    cbt_split: str = "valid",
+    model_name: str | None = None,
+    progress: bool = False,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Run tasks on one model; returns {"model", "tasks": {task: {metric: value, "n": examples}}, "protocol"}.
+
+    data_dir: a folder laid out as ../shared/data (default: the download cache). log: a text stream that gets one
+    line per finished task (metrics, time, examples/s).
+    """
+    names = parse_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise GPT2Error(f"--limit must be >= 1, got {limit}")
+    if shots is not None and shots < 0:
+        raise GPT2Error(f"--shots must be >= 0, got {shots}")
+    n_ctx = model.config.n_positions
+    if stride is not None and not 1 <= stride <= n_ctx:
+        raise GPT2Error(f"--stride must be in 1..{n_ctx} (the model's context), got {stride}")
+    if cbt_split not in ("valid", "test"):
+        raise GPT2Error(f"--cbt-split must be 'valid' or 'test', got {cbt_split!r}")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise GPT2Error(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
+    model.eval()
+    data = DataDir(data_dir, offline=offline)
+    ctx = Context(
+        model=model,
+        tokenizer=tokenizer,
+        scorer=Scorer(model, batch_size=batch_size, progress=progress),
+        data=data,
+        limit=limit,
+        shots=shots,
+        seed=seed,
+        stride=stride,
+        batch_size=batch_size,
+        progress=progress,
+        options={"cbt_split": cbt_split},
+    )
+    p = model.lm_head.weight
+    results: dict[str, Any] = {
+        "model": model_name,
+        "tasks": {},
+        "protocol": {
+            "data_dir": str(data.root),
+            "limit": limit,
+            "shots": shots,
+            "seed": seed,
+            "batch_size": batch_size,
+            "stride": stride or n_ctx,
+            "n_positions": n_ctx,
+            "parameters": model.num_params(),
+            "device": str(p.device),
+            "dtype": str(p.dtype).removeprefix("torch."),
+            "tokenizer": tokenizer.fingerprint[:16],
+            "units": "accuracy, F1, EM, ROUGE and BLEU in percent; bits per byte/character; perplexities",
+            "tasks": {},
+        },
+    }
+    for name in names:
+        start = time.perf_counter()
+        r = TASKS[name].run(ctx)
+        seconds = time.perf_counter() - start
+        results["tasks"][name] = {**r.metrics, "n": r.n}
+        results["protocol"]["tasks"][name] = {
+            **r.protocol,
+            "seconds": round(seconds, 3),
+            "examples_per_s": round(r.n / seconds, 3) if seconds > 0 else None,
+        }
+        if log is not None:
+            shown = ", ".join(f"{m} {v:.4g}" for m, v in r.metrics.items())
+            print(f"{name}: {shown} (n={r.n}, {seconds:.1f} s, {r.n / seconds:.2f} examples/s)", file=log, flush=True)
+    return results
+
+
+def cli(argv: list[str]) -> None:
+    """`gpt2 eval`: see gpt2.evaluate.command."""
+    from gpt2.evaluate.command import main
+
+    main(argv, stderr=sys.stderr)
+
+
+__all__ = ["TASKS", "cli", "evaluate", "parse_tasks"]

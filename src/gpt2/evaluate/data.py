@@ -1,0 +1,134 @@
+"""Where each task's data comes from: the official file, its download address and checksum, and a data folder
+laid out as ../shared/data is (one folder per data set, official file names inside).
+
+Lookup order for DIR/<folder>/<name>: the --data-dir folder, then the download cache (gpt2.hub.cache_dir()/data),
+then, unless offline, a download of the official file (or of the official archive, from which only the named
+member is extracted), checked by sha256 before anything is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt2.errors import GPT2Error
+from gpt2.hub import cache_dir, download, sha256_file
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One official file. `url` serves the file itself, or an archive holding it at `member`."""
+
+    folder: str
+    name: str
+    url: str
+    sha256: str | None  # of what `url` serves; None where no checksum is published (then `md5` or `size`)
+    member: str | None = None
+    md5: str | None = None
+    size: int | None = None
+    file_sha256: tuple[str, ...] = ()  # known digests of the file itself (official, and byte-exact copies)
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.folder}/{self.name}"
+
+
+class DataDir:
+    """Resolves DataFiles to local paths, downloading when allowed, and records what was read."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, offline: bool = False) -> None:
+        self.cache = cache_dir() / "data"
+        self.root = Path(root) if root is not None else self.cache
+        self.offline = offline
+
+    def find(self, f: DataFile) -> Path | None:
+        for base in (self.root, self.cache):
+            if (base / f.relpath).is_file():
+                return base / f.relpath
+        return None
+
+    def path(self, f: DataFile) -> Path:
+        """The local file, downloaded (and extracted from its archive) first if it is missing."""
+        if (found := self.find(f)) is not None:
+            return found
+        where = f"{f.url}" + (f" (member {f.member})" if f.member else "")
+        if self.offline:
+            raise GPT2Error(
+                f"{self.root / f.relpath} is missing; get it from {where} and put it there (or pass --data-dir "
+                f"with a folder holding {f.relpath}), or run without --offline to download it"
+            )
+        dest = self.cache / f.relpath
+        try:
+            if f.member is None:
+                return self._fetch(f, dest)
+            archive = self._fetch(f, self.cache / "archives" / f.url.rstrip("/").rsplit("/", 1)[-1])
+            extract_member(archive, f.member, dest)
+            return dest
+        except GPT2Error as e:
+            raise GPT2Error(
+                f"{self.root / f.relpath} is missing and could not be downloaded ({e}); get it from {where} and "
+                f"put it there, or pass --data-dir with a folder holding {f.relpath}"
+            ) from None
+
+    def _fetch(self, f: DataFile, dest: Path) -> Path:
+        download(f.url, dest, f.sha256)
+        if f.sha256 is None:
+            if f.md5 is not None and (got := md5_file(dest)) != f.md5:
+                dest.unlink()
+                raise GPT2Error(f"{f.url}: checksum mismatch (md5 {got}, expected {f.md5}); not saved")
+            if f.size is not None and (got_size := dest.stat().st_size) != f.size:
+                dest.unlink()
+                raise GPT2Error(f"{f.url}: {got_size} bytes, expected {f.size}; not saved")
+        return dest
+
+    def describe(self, f: DataFile, path: Path, **extra: Any) -> dict[str, Any]:
+        """Provenance for the results' protocol: which file was read, its digest, and whether it is a known copy."""
+        digest = sha256_file(path)
+        known = digest in f.file_sha256 if f.file_sha256 else None
+        return {"file": str(path), "sha256": digest, "known_copy": known, "source": f.url, **extra}
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def extract_member(archive: Path, member: str, dest: Path) -> None:
+    """Copy one named member of a zip or tar archive to dest (atomically); nothing else is unpacked, so archive
+    paths can never write outside dest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as z:
+                    try:
+                        src = z.open(member)
+                    except KeyError:
+                        raise GPT2Error(f"{archive}: has no member {member}") from None
+                    with src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            else:
+                with tarfile.open(archive, "r:*") as t:
+                    for info in t:
+                        if info.name.removeprefix("./") == member and info.isfile():
+                            src = t.extractfile(info)
+                            assert src is not None
+                            shutil.copyfileobj(src, out, 1 << 20)
+                            break
+                    else:
+                        raise GPT2Error(f"{archive}: has no member {member}")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

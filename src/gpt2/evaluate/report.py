@@ -1,0 +1,45 @@
+"""The results as a Markdown table shaped like the paper's Table 3: one row per checkpoint (ours, then the
+paper's four sizes), one column per task metric."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gpt2.evaluate.paper import PAPER, SIZES, SOURCE
+from gpt2.evaluate.tasks import TASKS
+
+# The columns a task contributes (all its metrics are in the JSON).
+HEADLINE = {
+    "lambada": ("ppl", "acc", "acc_stopword_filter"),
+    "cnn_dm": ("rouge1", "rouge2", "rougeL", "rouge_avg"),
+}
+_LOWER_IS_BETTER = ("ppl", "bpb", "bpc", "bits_per_byte")
+_SHORT = {"acc_stopword_filter": "acc (stop-word filter)", "acc_partial": "acc", "rouge_avg": "R-AVG"}
+
+
+def columns(tasks: Sequence[str]) -> list[tuple[str, str]]:
+    ordered = [t for t in TASKS if t in tasks]
+    return [(t, m) for t in ordered for m in HEADLINE.get(t, TASKS[t].metrics[:1])]
+
+
+def fmt(metric: str, value: float | None) -> str:
+    if value is None or value != value:  # missing, or NaN
+        return "–"
+    return f"{value:.3f}" if metric in ("bpb", "bpc", "bits_per_byte") else f"{value:.2f}"
+
+
+def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
+    """runs: results dicts as evaluate() returns them."""
+    tasks = [t for run in runs for t in run["tasks"]]
+    cols = columns(list(dict.fromkeys(tasks)))
+    header = ["checkpoint"] + [f"{t} {_SHORT.get(m, m)}" + (" ↓" * m.endswith(_LOWER_IS_BETTER)) for t, m in cols]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        label = str(run["model"]) + (f" (first {run['protocol']['limit']})" if run["protocol"].get("limit") else "")
+        cells = [fmt(m, run["tasks"].get(t, {}).get(m)) for t, m in cols]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    for size in SIZES:
+        cells = [fmt(m, PAPER[size].get((t, m))) for t, m in cols]
+        lines.append("| " + " | ".join([f"paper GPT-2 {size}", *cells]) + " |")
+    return "\n".join(lines) + f"\n\n{SOURCE} ↓: lower is better. Accuracy, F1, EM, ROUGE and BLEU in percent.\n"
