@@ -85,8 +85,9 @@ class Corpus:
     Invalid UTF-8 is replaced with U+FFFD and counted, for one warning at the end.
     """
 
-    def __init__(self, items: Iterable[str | os.PathLike]) -> None:
+    def __init__(self, items: Iterable[str | os.PathLike], text_field: str = "text") -> None:
         self.items = list(items)
+        self.text_field = text_field
         self.invalid_bytes = 0  # bytes of invalid UTF-8 replaced
         self.invalid_files: list[Path] = []
 
@@ -128,7 +129,7 @@ class Corpus:
                 continue
             for path in input_files([item]):
                 if path.name.endswith(JSONL_SUFFIXES):
-                    reader = DocumentReader([path])
+                    reader = DocumentReader([path], self.text_field)
                     yield from ((doc,) for doc in reader)
                     if reader.replaced:
                         self.invalid_files.append(path)
@@ -270,19 +271,35 @@ def learn_merges(word_counts: dict[str, int], n_merges: int, progress: bool = Fa
             created = set()
             for i in where.pop(pair):
                 word = words[i]
-                if pair not in word:
-                    continue
+                k = word.find(pair)
+                if k < 0:
+                    continue  # the word lost this pair to an earlier merge
                 n = counts[i]
+                # Only the pairs around each occurrence change: (x, a) and (b, y) lose it (the pair itself goes
+                # entirely, below). `done` keeps "abab" from taking (b, a) off twice.
+                last, done = len(word) - 1, -1
+                while k >= 0:
+                    if k > 0 and k - 1 != done:
+                        pair_counts[word[k - 1 : k + 1]] -= n
+                    if k + 1 < last:
+                        pair_counts[word[k + 1 : k + 3]] -= n
+                        done = k + 1
+                    k = word.find(pair, k + 2)
                 merged = word.replace(pair, new)  # left to right, non-overlapping: BPE's own order
                 words[i] = merged
-                for j in range(len(word) - 1):
-                    pair_counts[word[j : j + 2]] -= n
-                for j in range(len(merged) - 1):
-                    q = merged[j : j + 2]
+                # ... and (x, new), (new, y) gain it; (new, new) once, as the right pair of the first `new`.
+                gained = []
+                k = merged.find(new)
+                while k >= 0:
+                    if k > 0 and merged[k - 1] != new:
+                        gained.append(merged[k - 1 : k + 1])
+                    if k + 1 < len(merged):
+                        gained.append(merged[k : k + 2])
+                    k = merged.find(new, k + 1)
+                for q in gained:
                     pair_counts[q] += n
-                    if new in q:
-                        where[q].add(i)
-                        created.add(q)
+                    where[q].add(i)
+                created.update(gained)
             del pair_counts[pair]
             for q in created:
                 heapq.heappush(heap, (-pair_counts[q], token_bytes[ord(q[0])], token_bytes[ord(q[1])], q))
@@ -305,11 +322,13 @@ def train_bpe(
     workers: int | None = None,
     progress: bool = False,
     name: str = "custom",
+    text_field: str = "text",
 ) -> Tokenizer:
     """Learn a GPT-2 byte-level BPE of `vocab_size` tokens (256 bytes + merges + <|endoftext|>).
 
     `texts_or_paths`: strings are text to learn from; Path objects (os.PathLike) are files or folders to read.
-    `workers`: processes counting words (default: all cores). Nothing is written: save the result with
+    `workers`: processes counting words (default: all cores). `text_field`: the field of JSON Lines records that
+    holds the text, as in `gpt2 prepare`. Nothing is written: save the result with
     `tokenizer.save_pretrained(folder, names="openai")`.
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 257 <= vocab_size <= MAX_VOCAB:
@@ -323,7 +342,7 @@ def train_bpe(
             raise GPT2Error(f"train_bpe takes texts (str) and paths (os.PathLike), got a {type(item).__name__}")
         if not isinstance(item, str) and not Path(item).exists():
             raise GPT2Error(f"{item}: no such file or folder")
-    corpus = Corpus(items)
+    corpus = Corpus(items, text_field)
     with gc_paused():
         word_counts = count_corpus(corpus, workers or os.cpu_count() or 1, progress)
     corpus.warn_invalid()
