@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataDir
 from gpt2.evaluate.scoring import Scorer
 from gpt2.model import GPT
@@ -84,6 +85,8 @@ def sample_shots(pool: Sequence[T], k: int, seed: int, key: str, exclude: int | 
 
 def clip(ctx: Context, text: str, budget: int, keep: str) -> tuple[str, bool]:
     """text cut to at most `budget` tokens, keeping its "start" or its "end"; and whether it was cut."""
+    if budget < 1:
+        raise GPT2Error(f"the model's context ({ctx.n_ctx} tokens) is too short for this task's prompt and output")
     ids = ctx.encode(text)
     if len(ids) <= budget:
         return text, False
