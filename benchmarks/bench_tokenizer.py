@@ -50,7 +50,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     a = p.parse_args()
 

@@ -91,6 +91,18 @@ def test_chunks_cut_only_where_pieces_end(text: str, size: int) -> None:
     assert [p for c in chunks for p in pieces(c)] == pieces(text)
 
 
+def test_text_without_cut_points_is_read_on_then_cut_hard(monkeypatch) -> None:
+    blob = "x" * 500 + " tail text\nmore"
+    assert list(cut_chunks([blob[:100], blob[100:300], blob[300:]], size=10)) == [
+        blob[:500],
+        " tail text",
+        "\nmore",
+    ]
+    monkeypatch.setattr(bpe_train, "MAX_CHUNK_CHARS", 200)
+    chunks = list(cut_chunks([blob[:100], blob[100:300], blob[300:]], size=10))
+    assert chunks == [blob[:300], blob[300:500], " tail text", "\nmore"]  # 300 > 200 chars with no cut: cut there
+
+
 def test_counting_in_parallel_and_in_pieces_equals_whole_text(real_text: str, tmp_path: Path, monkeypatch) -> None:
     text = real_text + "déjà vu 😀 € " * 2000
     expected = count_words([text])
@@ -185,9 +197,14 @@ def test_binary_and_invalid_utf8(tmp_path: Path, shared_data: Path) -> None:
     with pytest.raises(GPT2Error, match=r"image.txt: looks like a binary file \(a NUL byte at offset 8\)"):
         train_bpe([tmp_path / "image.txt"], 260)
     (tmp_path / "latin1.txt").write_bytes("café naïve déjà vu café".encode("latin-1"))
-    with pytest.warns(UserWarning, match=r"5 bytes of invalid UTF-8 \(in .*latin1.txt\) were replaced with U\+FFFD"):
+    with pytest.warns(UserWarning, match=r"invalid UTF-8 in 5 bytes \(in .*latin1.txt\) was replaced with U\+FFFD"):
         tok = train_bpe([tmp_path / "latin1.txt"], 260)
     assert (b"\xef\xbf", b"\xbd") in tok.merges or (b"\xbf", b"\xbd") in tok.merges  # U+FFFD, learned from
+    (tmp_path / "docs.jsonl").write_bytes(b'{"body": "caf\xe9", "text": "x"}\n{"body": "good"}\n')
+    with pytest.raises(GPT2Error, match=r"docs.jsonl:2: no string field 'text'"):
+        train_bpe([tmp_path / "docs.jsonl"], 258)
+    with pytest.warns(UserWarning, match=r"invalid UTF-8 in 1 records \(in .*docs.jsonl\)"):
+        assert train_bpe([tmp_path / "docs.jsonl"], 258, text_field="body").vocab_size == 258
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean UTF-8 file gives no warning
         (tmp_path / "good.txt").write_bytes(bz2.decompress(bz2.compress("café ".encode() * 50)))

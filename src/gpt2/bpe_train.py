@@ -51,16 +51,17 @@ _SAFE_CUT = regex.compile(r"\s(?=\S)")
 def cut_chunks(pieces: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
     """The concatenation of `pieces`, re-cut into chunks of about `size` characters at safe cut points, so
     that pre-tokenizing the chunks one by one gives the same pieces as pre-tokenizing the whole text."""
-    buf = ""
+    buf, resume = "", size  # where to resume looking for a cut: a long stretch without one is scanned once
     for piece in pieces:
         buf += piece
         while len(buf) > size:
-            m = _SAFE_CUT.search(buf, size)
+            m = _SAFE_CUT.search(buf, resume)
             if m is None and len(buf) < MAX_CHUNK_CHARS:
+                resume = len(buf) - 1  # the last character had nothing after it to look ahead at
                 break  # read on: the cut point is further ahead
             cut = m.start() if m is not None else len(buf)
             yield buf[:cut]
-            buf = buf[cut:]
+            buf, resume = buf[cut:], size
     if buf:
         yield buf
 
@@ -88,7 +89,8 @@ class Corpus:
     def __init__(self, items: Iterable[str | os.PathLike], text_field: str = "text") -> None:
         self.items = list(items)
         self.text_field = text_field
-        self.invalid_bytes = 0  # bytes of invalid UTF-8 replaced
+        self.invalid_bytes = 0  # bytes of invalid UTF-8 replaced in text files
+        self.invalid_records = 0  # JSON Lines records that held some
         self.invalid_files: list[Path] = []
 
     def _decode(self, raw: bytes, path: Path) -> str:
@@ -133,7 +135,7 @@ class Corpus:
                     yield from ((doc,) for doc in reader)
                     if reader.replaced:
                         self.invalid_files.append(path)
-                        self.invalid_bytes += reader.replaced  # counted per record there; close enough to warn
+                        self.invalid_records += reader.replaced
                 else:
                     yield self._read_text_file(path)
 
@@ -146,11 +148,12 @@ class Corpus:
             raise GPT2Error(f"{getattr(e, 'filename', None) or 'input'}: cannot read ({e.strerror or e})") from None
 
     def warn_invalid(self) -> None:
-        if self.invalid_bytes:
-            files = self.invalid_files
-            more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+        if self.invalid_files:
+            counts = [f"{self.invalid_bytes:,} bytes"] if self.invalid_bytes else []
+            counts += [f"{self.invalid_records:,} records"] if self.invalid_records else []
+            more = f" and {len(self.invalid_files) - 1} more" if len(self.invalid_files) > 1 else ""
             warnings.warn(
-                f"{self.invalid_bytes:,} bytes of invalid UTF-8 (in {files[0]}{more}) were replaced with U+FFFD",
+                f"invalid UTF-8 in {' and '.join(counts)} (in {self.invalid_files[0]}{more}) was replaced with U+FFFD",
                 stacklevel=3,
             )
 
