@@ -18,6 +18,7 @@ import torch
 from gpt2.errors import GPT2Error
 from gpt2.evaluate import TASKS, evaluate, parse_tasks
 from gpt2.evaluate.data import DataDir, DataFile
+from gpt2.evaluate.metrics import corpus_bleu, rouge_f1
 from gpt2.evaluate.scoring import Scorer
 from gpt2.evaluate.tasks import Context, base, cbt, cnn_dm, coqa, hellaswag, lambada, nq, perplexity, winograd, wmt
 from gpt2.model import GPT, GPTConfig
@@ -137,6 +138,10 @@ def official(tmp_path_factory) -> Path:
     write("wsc273/WSCollection.xml", WSC_XML.encode("iso-8859-1"))
     write("hellaswag/hellaswag_val.jsonl", json.dumps(HELLASWAG) + "\n")
     write("coqa/coqa-dev-v1.0.json", json.dumps(COQA))
+    train = {
+        "data": [{"story": "Ann had a dog.", "questions": [{"input_text": "Who?"}], "answers": [{"input_text": "Ann"}]}]
+    }
+    write("coqa/coqa-train-v1.0.json", json.dumps(train))
     for src, tgt, s_lines, t_lines in (("en", "fr", EN, FR), ("fr", "en", FR, EN)):
         seg = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(s_lines, 1))
         ref = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(t_lines, 1))
@@ -408,3 +413,48 @@ def test_hellaswag_reads_the_compressed_llama_cpp_format(tmp_path):
     (tmp_path / "bad.txt").write_text("\n".join(lines[:5]))
     with pytest.raises(GPT2Error, match="multiple of 6"):
         hellaswag.read_llama_cpp(tmp_path / "bad.txt")
+
+
+def test_generation_tasks_prompts_and_scoring(official, tiny, gpt2_tokenizer, monkeypatch, tmp_path):
+    """The documented prompts reach the generator, and its outputs are scored as documented."""
+    seen: dict[str, list[str]] = {}
+
+    def fake_generate(task: str, outputs):  # noqa: ANN001
+        def run(ctx, prompts, max_new_tokens, **kw):  # noqa: ANN001, ANN003
+            seen[task] = list(prompts)
+            return [outputs(p) for p in prompts]
+
+        return run
+
+    monkeypatch.setattr(nq, "generate_all", fake_generate("nq", lambda p: " William Shakespeare."))
+    monkeypatch.setattr(
+        coqa, "generate_all", fake_generate("coqa", lambda p: " white" if "color" in p[-30:] else " barn")
+    )
+    monkeypatch.setattr(
+        wmt, "generate_all", fake_generate("wmt", lambda p: " " + FR[EN.index(p.rsplit("\n", 1)[-1][:-2])])
+    )
+    monkeypatch.setattr(cnn_dm, "generate_all", fake_generate("cnn", lambda p: " One. Two! Three? Four."))
+    r = evaluate(tiny, gpt2_tokenizer, "nq,coqa,wmt14-en-fr,cnn_dm", data_dir=official, offline=True, shots=1)
+    t = r["tasks"]
+    assert seen["nq"][0] == "Q: capital of france\nA: Paris\n\nQ: who wrote hamlet\nA:" and t["nq"]["em"] == 100.0
+    assert seen["coqa"][0] == f"Ann had a dog.\n\nQ: Who?\nA: Ann\n\n{STORY}\n\nQ: what color was cotton?\nA:"
+    assert seen["coqa"][1].endswith(f"{STORY}\n\nQ: what color was cotton?\nA: white\nQ: where?\nA:")
+    # "barn" against ["in a barn", "a barn" x 3]: every leave-one-out maximum is "a barn" -> EM 1, F1 1
+    assert t["coqa"]["em"] == 100.0 and t["coqa"]["f1"] == 100.0
+    first, *_, last = seen["wmt"][0].split("\n")
+    assert last == f"{EN[0]} =" and " = " in first  # one example pair, then the sentence
+    assert t["wmt14-en-fr"]["bleu"] == pytest.approx(
+        corpus_bleu([s.split(". ")[0] + "." if ". " in s else s for s in FR], FR)
+    )
+    assert seen["cnn"][0] == "CNN text.\nTL;DR:"
+    assert t["cnn_dm"]["rouge1"] == pytest.approx(rouge_f1(["One. Two! Three?"] * 2, ["One", "Two\nThree"])["rouge1"])
+    # with the validation set present, WMT's example pairs come from it
+    for lang, text in (("en", "Dev sentence."), ("fr", "Phrase de dev.")):
+        (official / "wmt14-en-fr" / f"newstest2013.{lang}").write_text(text + "\n")
+    try:
+        r = evaluate(tiny, gpt2_tokenizer, "wmt14-en-fr", data_dir=official, offline=True, shots=1, limit=1)
+    finally:
+        for lang in ("en", "fr"):
+            (official / "wmt14-en-fr" / f"newstest2013.{lang}").unlink()
+    assert seen["wmt"] == [f"Dev sentence. = Phrase de dev.\n{EN[0]} ="]
+    assert r["protocol"]["tasks"]["wmt14-en-fr"]["shots_from"] == "newstest2013 (validation)"

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataDir
@@ -50,7 +50,7 @@ def evaluate(
     cbt_split: str = "valid",
     model_name: str | None = None,
     progress: bool = False,
-    log: Any = None,
+    log: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run tasks on one model; returns {"model", "tasks": {task: {metric: value, "n": examples}}, "protocol"}.
 

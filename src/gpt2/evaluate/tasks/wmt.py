@@ -3,8 +3,10 @@
 Protocol (the paper's): a context of example pairs "source sentence = target sentence", one per line, then the
 test sentence and " =", decoded greedily to the end of the line; the first generated sentence is the
 translation. bleu: sacrebleu's corpus BLEU (13a tokenisation), the WMT standard.
-The example pairs: the paper does not say where from or how many; we draw K (default 5, --shots) other
-sentence pairs of the same test set for each sentence, never the sentence itself, deterministically by --seed.
+The example pairs: the paper does not say where from or how many. We draw K (default 5, --shots) for each
+sentence, deterministically by --seed, from the validation set newstest2013 when the data folder holds it
+(newstest2013.en + newstest2013.fr, one sentence a line, from statmt.org/wmt14/dev.tgz), else from the other
+sentences of the test set itself (never the sentence being translated). The protocol says which.
 Data: the "full" newstest2014 .sgm files (as sacrebleu's wmt14/full uses), from statmt.org's test-full.tgz.
 """
 
@@ -20,6 +22,13 @@ from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, 
 
 TEST_FULL = "https://statmt.org/wmt14/test-full.tgz"
 TEST_FULL_MD5 = "a8cd784e006feb32ac6f3d9ec7eb389a"  # sacrebleu's checksum for it; no sha256 is published
+
+
+# The validation set, used when present (no checksum is published for dev.tgz, so it is never downloaded).
+DEV = {
+    lang: DataFile("wmt14-en-fr", f"newstest2013.{lang}", "http://www.statmt.org/wmt14/dev.tgz", None)
+    for lang in ("en", "fr")
+}
 
 
 def sgm_file(side: str, lang: str) -> DataFile:
@@ -58,11 +67,18 @@ class WMT(Task):
             raise GPT2Error(f"{src_path} has {len(sources)} segments but {ref_path} has {len(refs)}")
         pairs = list(zip(sources, refs, strict=True))
         k = self.shots(ctx)
+        dev = [ctx.data.find(DEV[lang]) for lang in (self.src, self.tgt)]
+        pool = pairs
+        if dev[0] is not None and dev[1] is not None:
+            src_lines, tgt_lines = (p.read_text(encoding="utf-8").splitlines() for p in dev)
+            if len(src_lines) != len(tgt_lines):
+                raise GPT2Error(f"{dev[0]} has {len(src_lines)} lines but {dev[1]} has {len(tgt_lines)}")
+            pool = list(zip(src_lines, tgt_lines, strict=True))
         prompts, truncated = [], 0
         max_new = min(256, ctx.n_ctx // 4)
         for i, (src, _) in enumerate(take(pairs, ctx.limit)):
-            shots = "".join(f"{s} = {t}\n" for s, t in sample_shots(pairs, k, ctx.seed, f"{self.name}{i}", exclude=i))
-            prompt, cut = clip(ctx, f"{shots}{src} =", ctx.n_ctx - max_new, "end")
+            shots = sample_shots(pool, k, ctx.seed, f"{self.name}{i}", exclude=i if pool is pairs else None)
+            prompt, cut = clip(ctx, "".join(f"{s} = {t}\n" for s, t in shots) + f"{src} =", ctx.n_ctx - max_new, "end")
             prompts.append(prompt)
             truncated += cut
         outputs = generate_all(ctx, prompts, max_new, desc=self.name)
@@ -74,7 +90,7 @@ class WMT(Task):
             },
             "prompt": "K lines '{source} = {target}', then '{source} ='",
             "shots": k,
-            "shots_from": "other sentences of the same test set",
+            "shots_from": "newstest2013 (validation)" if pool is not pairs else "other sentences of the test set",
             "decoding": f"greedy to the end of the line (at most {max_new} tokens); first sentence kept",
             "bleu": "sacrebleu corpus_bleu, 13a tokenisation",
             "truncated_prompts": truncated,
