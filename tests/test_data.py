@@ -168,3 +168,20 @@ def test_loader_errors(prepared: Path, tmp_path: Path) -> None:
         TokenLoader(prepared, "val", batch_size=1000, seq_len=64)
     with pytest.raises(GPT2Error, match="not a prepared data folder"):
         TokenLoader(tmp_path, "train", batch_size=1, seq_len=8)
+
+
+def test_compressed_text_files_in_folders(tmp_path: Path, gpt2_tokenizer) -> None:
+    import bz2
+
+    (tmp_path / "c").mkdir()
+    with gzip.open(tmp_path / "c" / "a.txt.gz", "wt") as f:
+        f.write("first document")
+    (tmp_path / "c" / "b.txt.bz2").write_bytes(bz2.compress(b"second document"))
+    gpt2_tokenizer.save_pretrained(tmp_path / "tok")
+    m = prepare(PrepareConfig([str(tmp_path / "c")], str(tmp_path / "tok"), str(tmp_path / "o"), 0.0), False)
+    assert m["documents_done"] == 2
+    assert gpt2_tokenizer.decode(all_tokens(tmp_path / "o", "train")).split("<|endoftext|>")[1:] == [
+        "first document",
+        "second document",
+    ]
+    assert (tmp_path / "o" / "manifest.json").stat().st_mode & 0o044  # readable by others, as files usually are

@@ -104,10 +104,10 @@ class Corpus:
             return raw.decode("utf-8", "replace")
 
     def _read_text_file(self, path: Path) -> Iterator[str]:
-        from gpt2.data import _open_binary
+        from gpt2.data import open_binary
 
         offset, carry = 0, b""
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             while raw := f.read(READ_BYTES):
                 if (nul := raw.find(b"\0")) >= 0:
                     raise GPT2Error(

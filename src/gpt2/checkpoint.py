@@ -31,6 +31,10 @@ FIXED_HF_OPTIONS = {
 }
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and a rename: readers see old or new, never half."""
     path = Path(path)
@@ -41,6 +45,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give them the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

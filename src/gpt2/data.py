@@ -38,7 +38,7 @@ from gpt2.tokenizer import Tokenizer
 MAGIC = 0x32545047  # b"GPT2" read as a little-endian uint32
 VERSION = 1
 HEADER = struct.Struct("<IIIIQ40x")  # magic, version, vocab size, bytes per token, token count; 64 bytes
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+TEXT_SUFFIXES = tuple(t + c for t in (".txt", ".md", ".rst", ".text") for c in ("", ".gz", ".zst", ".bz2"))
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2")
 MANIFEST = "manifest.json"
 
@@ -92,7 +92,8 @@ def input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """A file's bytes, decompressed by its suffix (.gz, .bz2, .zst)."""
     name = path.name
     if name.endswith(".gz"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -128,7 +129,7 @@ class DocumentReader:
         for path in self.files:
             is_jsonl = any(path.name.endswith(s) for s in JSONL_SUFFIXES)
             try:
-                with _open_binary(path) as f:
+                with open_binary(path) as f:
                     if not is_jsonl:
                         if text := self._decode(f.read()):
                             yield text
