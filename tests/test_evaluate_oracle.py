@@ -78,16 +78,18 @@ def test_wikitext2_perplexity_matches_transformers(checkpoint, shared_data, stri
     article = raw[titles[0] : titles[1]]
     ids = [hf_tok.eos_token_id, *hf_tok(detokenize.wikitext(article)).input_ids]
     assert len(ids) > 3 * N_CTX  # several windows
+
     # the documented windows: the first scores ids[1 : N_CTX + 1]; each later one the next `stride` tokens,
     # reading the N_CTX tokens before them
+    def nll_of(start: int, lo: int, hi: int) -> float:  # tokens ids[lo:hi], reading ids[start : hi - 1]
+        logp = hf_logprobs(hf, ids[start:hi])
+        return -logp[torch.arange(lo - start - 1, hi - start - 1), torch.tensor(ids[lo:hi])].sum().item()
+
     end = N_CTX + 1
-    logp = hf_logprobs(hf, ids[:end])
-    nll = -sum(logp[i - 1, ids[i]].item() for i in range(1, end))
+    nll = nll_of(0, 1, end)
     while end < len(ids):
         new_end = min(len(ids), end + stride)
-        start = new_end - 1 - N_CTX
-        logp = hf_logprobs(hf, ids[start:new_end])
-        nll -= sum(logp[i - start - 1, ids[i]].item() for i in range(end, new_end))
+        nll += nll_of(new_end - 1 - N_CTX, end, new_end)
         end = new_end
     r = ours["tasks"]["wikitext2"]
     assert r["n"] == 1

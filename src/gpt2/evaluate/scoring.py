@@ -38,9 +38,9 @@ class Score:
 @dataclass
 class _Window:
     request: int
-    ids: list[int]  # model input
+    ids: torch.Tensor  # model input (a view of the request's tokens)
     first: int  # input position whose logits predict the first scored token
-    targets: list[int]
+    targets: torch.Tensor
     opens: bool  # scores the request's first target token
     closes: bool  # scores its last
 
@@ -111,24 +111,24 @@ class Scorer:
         for i, (context, target) in enumerate(requests):
             if not context or not target:
                 raise GPT2Error("every scored request needs a non-empty context and target")
-            seq = [*context, *target]
+            seq = torch.tensor([*context, *target], dtype=torch.long)  # windows are views of it
             for start, p, q in windows(context, target, self.n_ctx, stride):
                 opens, closes = p == len(context), q == len(seq)
                 if opens and start > 0:
                     tallies[i].truncated = True
                 work.append(_Window(i, seq[start : q - 1], p - 1 - start, seq[p:q], opens, closes))
         order = sorted(range(len(work)), key=lambda w: -len(work[w].ids))
-        with tqdm(total=len(requests), desc=desc, disable=not self.progress, unit="ex", leave=False) as bar:
+        with tqdm(total=len(work), desc=desc, disable=not self.progress, unit="window", leave=False) as bar:
             for batch in self._batches(order, lambda w: len(work[w].ids)):
                 ws = [work[w] for w in batch]
                 x = torch.zeros(len(ws), len(ws[0].ids), dtype=torch.long)
                 for row, w in enumerate(ws):
-                    x[row, : len(w.ids)] = torch.tensor(w.ids)
+                    x[row, : len(w.ids)] = w.ids
                 h = self.model.hidden_states(x.to(self.device))
                 rows = torch.cat([torch.full((len(w.targets),), r) for r, w in enumerate(ws)])
                 cols = torch.cat([torch.arange(w.first, w.first + len(w.targets)) for w in ws])
                 self._tally(h[rows.to(self.device), cols.to(self.device)], ws, tallies, exclude_first)
-                bar.update(sum(w.closes for w in ws))
+                bar.update(len(ws))
         return [t.score() for t in tallies]
 
     # ------------------------------------------------------------------ shared prefixes
@@ -197,7 +197,7 @@ class Scorer:
             hidden.append(first_h[r : r + 1])
             if len(c) > 1:
                 hidden.append(hc[r, : len(c) - 1])
-        ws = [_Window(r, [], 0, c, True, True) for r, c in enumerate(conts)]
+        ws = [_Window(r, torch.empty(0), 0, torch.tensor(c), True, True) for r, c in enumerate(conts)]
         tallies = [_Tally() for _ in conts]
         self._tally(torch.cat(hidden), ws, tallies, None)
         out, r = [], 0
@@ -228,7 +228,7 @@ class Scorer:
     ) -> None:
         """Project the scored positions' hidden states (in window order), then add each window's log-probs and
         argmax checks to its request's tally."""
-        targets = torch.tensor([t for w in ws for t in w.targets], device=hidden.device)
+        targets = torch.cat([w.targets for w in ws]).to(hidden.device)
         logprobs, hits = [], []
         for lo in range(0, len(targets), _PROJECT_ROWS):
             logits = self.model.lm_head(hidden[lo : lo + _PROJECT_ROWS]).float()
@@ -238,7 +238,8 @@ class Scorer:
         lp, hit = torch.cat(logprobs).cpu(), torch.cat(hits).cpu()
         filtered = None
         if exclude_first is not None:
-            starts = torch.tensor([0, *torch.tensor([len(w.targets) for w in ws]).cumsum(0)[:-1].tolist()])
+            lengths = torch.tensor([len(w.targets) for w in ws])
+            starts = lengths.cumsum(0) - lengths
             opening = [j for j, w in enumerate(ws) if w.opens]
             if opening:
                 at = starts[opening].to(hidden.device)

@@ -10,7 +10,8 @@ Protocol, shared by all six:
   characters of the file as one stream (--limit: its first N windows).
 * word_ppl = exp(total NLL / number of whitespace-separated words of the ORIGINAL text), the paper's figure for
   WikiText, PTB and 1BW; token_ppl = exp(NLL / BPE tokens); bits_per_byte = NLL / ln 2 / UTF-8 bytes read by the
-  model. enwik8's bpb counts the test set's bytes, text8's bpc its characters.
+  model. enwik8's bpb counts the bytes the model read (the test set's, less a first character split by the 5M
+  cut, if any), text8's bpc the characters.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class LanguageModeling(Task):
             "windows": windows,
             "stride": stride,
             "tokens": tokens,
+            "bytes": sum(map(len, read)),
             "words": sum(len(doc.split()) for doc in originals),
             "detokenizer": c.detokenize.__name__ if c.detokenize is not _identity else None,
             "n_counts": c.counts,
