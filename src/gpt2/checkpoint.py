@@ -159,7 +159,11 @@ def hf_to_ours(tensors: dict[str, torch.Tensor], model: GPT, source: Path) -> di
             continue  # causal-mask buffers of old releases; the head is tied to wte
         key = name if name.startswith("transformer.") else f"transformer.{name}"
         if key not in expected:
-            raise GPT2Error(f"{source}: unexpected tensor {name!r}; is this a GPT-2 checkpoint?")
+            c = model.config
+            raise GPT2Error(
+                f"{source}: unexpected tensor {name!r}; config.json says n_layer={c.n_layer}, so the config does not "
+                f"match the weights (or this is not a GPT-2 checkpoint)"
+            )
         if key.endswith(CONV1D_WEIGHTS) and tensor.dim() == 2:
             tensor = tensor.t().contiguous()
         if tensor.shape != expected[key]:
