@@ -10,8 +10,10 @@ Layers, from the bottom up:
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import io
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, overload
@@ -39,6 +41,23 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise GPT2Error(f"top_p must be in (0, 1], got {top_p}")
 
 
+def candidates(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens that sampling may pick from, per row of logits (B, V): (values, indices), sorted by value,
+    with -inf on those outside. top_k keeps the k likeliest; top_p then keeps the smallest prefix whose
+    probability mass reaches top_p (at least one token)."""
+    if top_k is not None and top_k < logits.size(-1):
+        values, indices = torch.topk(logits, top_k, dim=-1)  # sorted, so top-p works on k values only
+    else:
+        values, indices = torch.sort(logits, dim=-1, descending=True)
+    if top_p is not None and top_p < 1.0:
+        probs = torch.softmax(values, dim=-1)
+        outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches top_p
+        values = values.masked_fill(outside, float("-inf"))
+    return values, indices
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -47,24 +66,87 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One token id per row of logits (B, V): argmax when temperature is 0, else a draw from the
-    temperature-scaled distribution restricted to the top_k tokens and then to the top_p probability mass."""
+    temperature-scaled distribution restricted to candidates(top_k, top_p)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is None and (top_p is None or top_p >= 1.0):
         return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
-    if top_k is not None and top_k < logits.size(-1):
-        values, indices = torch.topk(logits, top_k, dim=-1)  # sorted, so top-p can work on k values only
-    else:
-        values, indices = torch.sort(logits, dim=-1, descending=True)
-    if top_p is not None and top_p < 1.0:
-        probs = torch.softmax(values, dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
-        values = values.masked_fill(outside, float("-inf"))
+    values, indices = candidates(logits, top_k, top_p)
     choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)
     return indices.gather(-1, choice).squeeze(-1)
 
 
+class Decoder:
+    """Incremental decoding of a batch of prompts (lists of ids) through one preallocated KV cache.
+
+    Prompts of different lengths are left-padded; the padding is masked out of attention and does not advance
+    the positions, so each row computes what it would compute alone. Each step feeds one token per row, so no
+    step repeats work on the past. When a row outgrows the context, the cache is rebuilt from the most recent
+    3/4 of it (a sliding window, re-prefilled once every ctx/4 tokens rather than at every step).
+    """
+
+    def __init__(self, model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise GPT2Error("every prompt needs at least one token (use <|endoftext|> for unconditional samples)")
+        vocab = model.config.vocab_size
+        if any(not 0 <= i < vocab for p in prompts for i in p):
+            bad = next(i for p in prompts for i in p if not 0 <= i < vocab)
+            raise GPT2Error(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
+        ctx = model.config.n_positions
+        if any(len(p) > ctx for p in prompts):
+            longest = max(len(p) for p in prompts)
+            warnings.warn(
+                f"prompt of {longest} tokens is longer than the context ({ctx}); keeping its last {ctx} tokens",
+                stacklevel=4,
+            )
+            prompts = [p[-ctx:] for p in prompts]
+        self.model = model
+        self.device = device = model.lm_head.weight.device
+        B, T0 = len(prompts), max(len(p) for p in prompts)
+        self.tokens = torch.zeros(B, T0 + max_new_tokens, dtype=torch.long)
+        self.valid = torch.ones(B, T0 + max_new_tokens, dtype=torch.bool)  # False on the left padding
+        for row, p in enumerate(prompts):
+            self.tokens[row, T0 - len(p) : T0] = torch.as_tensor(p, dtype=torch.long)
+            self.valid[row, : T0 - len(p)] = False
+        self.tokens, self.valid = self.tokens.to(device), self.valid.to(device)
+        self.padded = not bool(self.valid[:, :T0].all())
+        self.cache = model.new_cache(B, min(ctx, T0 + max_new_tokens))
+        self.keep = max(1, 3 * ctx // 4)
+        self.lo, self.end = 0, T0  # the cache holds tokens[:, lo:end]
+        self.next_position = self.valid[:, :T0].sum(dim=1, keepdim=True)  # (B, 1), used only with padding
+
+    def prefill(self) -> torch.Tensor:
+        """Fill the cache with tokens[:, lo:end]; the logits (B, vocab) of the last position."""
+        lo, hi = self.lo, self.end
+        self.cache.length = 0
+        if not self.padded:
+            return self.model.forward_cached(self.tokens[:, lo:hi], self.cache)
+        v = self.valid[:, lo:hi]
+        positions = (v.cumsum(dim=1) - 1).clamp(min=0)  # padding does not advance the position
+        causal = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=self.device).tril()
+        # every query may see itself, so rows of pure padding stay finite (their outputs are never used)
+        mask = (causal & v[:, None, None, :]) | torch.eye(hi - lo, dtype=torch.bool, device=self.device)
+        self.next_position = v.sum(dim=1, keepdim=True)
+        return self.model.forward_cached(self.tokens[:, lo:hi], self.cache, positions, mask)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Append one token per row (B,); the logits (B, vocab) that follow it."""
+        cur = self.end
+        self.tokens[:, cur] = token
+        self.end = cur + 1
+        if self.cache.length == self.cache.max_len:  # context full: slide the window
+            self.lo = self.end - self.keep
+            return self.prefill()
+        if not self.padded:
+            return self.model.forward_cached(self.tokens[:, cur : cur + 1], self.cache)
+        mask = self.valid[:, None, None, self.lo : cur + 1]
+        logits = self.model.forward_cached(self.tokens[:, cur : cur + 1], self.cache, self.next_position, mask)
+        self.next_position = self.next_position + 1
+        return logits
+
+
+@torch.inference_mode()  # torch switches the mode around each resumption of a generator, not across yields
 def iter_tokens(
     model: GPT,
     prompts: Sequence[Sequence[int]],
@@ -77,64 +159,21 @@ def iter_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, (B,) per step, max_new_tokens times (stop early by breaking)."""
     check_sampling(temperature, top_k, top_p)
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise GPT2Error("every prompt needs at least one token (use <|endoftext|> for unconditional samples)")
-    ctx = model.config.n_positions
-    if any(len(p) > ctx for p in prompts):
-        longest = max(len(p) for p in prompts)
-        warnings.warn(
-            f"prompt of {longest} tokens is longer than the context ({ctx}); keeping its last {ctx} tokens",
-            stacklevel=3,
-        )
-        prompts = [p[-ctx:] for p in prompts]
-    device = model.lm_head.weight.device
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-    B, T0 = len(prompts), max(len(p) for p in prompts)
-    total = T0 + max_new_tokens
-    tokens = torch.zeros(B, total, dtype=torch.long)
-    valid = torch.ones(B, total, dtype=torch.bool)  # False on the left padding of shorter prompts
-    for row, p in enumerate(prompts):
-        tokens[row, T0 - len(p) : T0] = torch.as_tensor(p, dtype=torch.long)
-        valid[row, : T0 - len(p)] = False
-    tokens, valid = tokens.to(device), valid.to(device)
-    padded = not bool(valid[:, :T0].all())
-    cache = model.new_cache(B, min(ctx, total))
-    keep = max(1, 3 * ctx // 4)  # when the context is full, restart from the last 3/4 of it
-
-    def prefill(lo: int, hi: int) -> torch.Tensor:
-        cache.length = 0
-        if not padded:
-            return model.forward_cached(tokens[:, lo:hi], cache)
-        v = valid[:, lo:hi]
-        positions = (v.cumsum(dim=1) - 1).clamp(min=0)  # padding does not advance the position
-        causal = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=device).tril()
-        # every query may see itself, so rows of pure padding stay finite (their outputs are never used)
-        mask = (causal & v[:, None, None, :]) | torch.eye(hi - lo, dtype=torch.bool, device=device)
-        return model.forward_cached(tokens[:, lo:hi], cache, positions, mask)
-
-    lo = 0
-    logits = prefill(0, T0)
-    next_position = valid[:, :T0].sum(dim=1, keepdim=True)  # (B, 1), used only with padding
+    if max_new_tokens < 0:
+        raise GPT2Error(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    decoder = Decoder(model, prompts, max_new_tokens)
+    if max_new_tokens == 0:
+        return
+    generator = None if seed is None else torch.Generator(device=decoder.device).manual_seed(seed)
+    logits = decoder.prefill()
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
         yield token
-        cur = T0 + step
-        tokens[:, cur] = token
-        if step == max_new_tokens - 1:
-            break
-        if cache.length == cache.max_len:
-            lo = cur + 1 - keep
-            logits = prefill(lo, cur + 1)
-            next_position = valid[:, lo : cur + 1].sum(dim=1, keepdim=True)
-        elif padded:
-            mask = valid[:, None, None, lo : cur + 1]
-            logits = model.forward_cached(tokens[:, cur : cur + 1], cache, next_position, mask)
-            next_position = next_position + 1
-        else:
-            logits = model.forward_cached(tokens[:, cur : cur + 1], cache)
+        if step < max_new_tokens - 1:
+            logits = decoder.step(token)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_ids(
     model: GPT,
     idx: torch.Tensor,
@@ -146,14 +185,11 @@ def generate_ids(
     seed: int | None = None,
 ) -> torch.Tensor:
     """idx (B, T) continued by max_new_tokens tokens -> (B, T + max_new_tokens); see GPT.generate."""
-    out = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=idx.device)
-    out[:, : idx.size(1)] = idx
     steps = iter_tokens(
         model, idx.tolist(), max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
-    for i, token in enumerate(steps):
-        out[:, idx.size(1) + i] = token
-    return out
+    new = [token.to(idx.device) for token in steps]
+    return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
 class Completion:
@@ -217,7 +253,6 @@ def generate(
 ) -> list[list[str]]: ...
 
 
-@torch.no_grad()
 def generate(
     model: GPT,
     tokenizer: TextTokenizer,
@@ -256,7 +291,6 @@ def generate(
     return grouped[0] if isinstance(prompt, str) else grouped
 
 
-@torch.no_grad()
 def generate_stream(
     model: GPT,
     tokenizer: TextTokenizer,
@@ -288,3 +322,103 @@ def generate_stream(
             return
     if piece := row.finish():
         yield piece
+
+
+# ------------------------------------------------------------------------------------------------ gpt2 generate
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is the GPU when there is one, else the CPU; other names must be usable here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GPT2Error(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1 or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GPT2Error(f"--device {name}: this machine has no CUDA GPU that torch can use; try --device cpu")
+    return device
+
+
+def read_prompt(arg: str | None) -> str:
+    """The prompt from --prompt, or from stdin when it is omitted or '-' (one trailing newline dropped)."""
+    if arg is not None and arg != "-":
+        return arg
+    if sys.stdin is None:
+        raise GPT2Error("no --prompt given and no stdin to read it from")
+    if sys.stdin.isatty():
+        print("reading the prompt from stdin; end it with Ctrl-D", file=sys.stderr)
+    text = sys.stdin.read()
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="gpt2 generate",
+        description="Sample text from a GPT-2 model: prints the prompt followed by each completion.",
+    )
+    parser.add_argument(
+        "--model", required=True, help="a model folder (config.json + model.safetensors + tokenizer), or gpt2, ..."
+    )
+    parser.add_argument("--prompt", help="the text to continue; read from stdin when omitted or '-'")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to sample per completion (128)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy (1.0)")
+    parser.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens; 0 for all (40)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
+    parser.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text")
+    parser.add_argument("--num-samples", type=int, default=1, help="completions of the prompt (1)")
+    parser.add_argument("--stop", action="append", default=[], help="end a completion before this text (repeatable)")
+    parser.add_argument("--stream", action="store_true", help="print text as it is sampled (samples one by one)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (GPU if present)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: float32 on CPU, else bf16")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 0:
+        raise GPT2Error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.top_k < 0:
+        raise GPT2Error(f"--top-k must be >= 0 (0 means no limit), got {args.top_k}")
+    if args.num_samples < 1:
+        raise GPT2Error(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_sampling(args.temperature, args.top_k or None, args.top_p)
+
+    from gpt2.checkpoint import resolve
+    from gpt2.tokenizer import Tokenizer
+
+    device = pick_device(args.device)
+    if args.dtype != "auto":
+        dtype = DTYPES[args.dtype]
+    elif device.type == "cuda" and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float32
+    prompt = read_prompt(args.prompt)
+    folder = resolve(args.model)
+    model = GPT.from_pretrained(folder, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise GPT2Error(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
+    options: dict[str, Any] = dict(
+        temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop=args.stop
+    )
+    n = args.num_samples
+    if args.stream:
+        for i in range(n):
+            header(i, n)
+            print(prompt, end="", flush=True)
+            seed = None if args.seed is None else args.seed + i
+            for piece in generate_stream(model, tokenizer, prompt, args.max_new_tokens, seed=seed, **options):
+                print(piece, end="", flush=True)
+            print(flush=True)
+        return
+    texts = generate(model, tokenizer, prompt, args.max_new_tokens, seed=args.seed, num_samples=n, **options)
+    for i, text in enumerate(texts):
+        header(i, n)
+        print(prompt + text, flush=True)
+
+
+def header(i: int, n: int) -> None:
+    """A line between samples, as OpenAI's sampling script prints it; nothing when there is one sample."""
+    if n > 1:
+        print(f"{'=' * 30} SAMPLE {i + 1} of {n} {'=' * 30}", flush=True)
