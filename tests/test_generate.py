@@ -70,6 +70,32 @@ def test_left_padded_batch_rows_equal_their_unpadded_selves(pair) -> None:
     assert torch.stack(texts, 1)[0].tolist() == alone[0, 2:].tolist()
 
 
+def test_per_step_work_does_not_grow_with_the_sequence(pair) -> None:
+    """Every decoding step makes the same torch calls whatever the length so far: no re-reading of the past."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    ours, _ = pair
+    for prompts in ([[1, 2, 3]], [[1, 2, 3], [4]]):  # plain and padded
+        with torch.inference_mode():
+            decoder = gen.Decoder(ours, prompts, max_new_tokens=25)
+            decoder.prefill()
+            per_step = []
+            for t in range(24):
+                with Count() as count:
+                    decoder.step(torch.full((len(prompts),), t))
+                per_step.append(count.calls)
+        assert all(calls == per_step[0] for calls in per_step), prompts
+
+
 def test_generation_beyond_the_context_slides_the_window(pair) -> None:
     ours, _ = pair
     ctx = TINY["n_positions"]

@@ -1,11 +1,13 @@
 """Sampling from a GPT: greedy, temperature, top-k (the paper's samples use k=40) and top-p, with a KV cache.
 
 Layers, from the bottom up:
-  * iter_tokens: the decoding loop over token ids. Prompts of different lengths are left-padded and masked;
-    each step feeds one token per row through a preallocated KV cache, so no step repeats work on the past;
-    when a row outgrows the context, the cache is rebuilt from the most recent 3/4 of it.
-  * generate_ids (GPT.generate): ids in, ids out.
+  * candidates / sample_next: the sampling rules, on one step's logits.
+  * Decoder: a batch of prompts in one preallocated KV cache. Prompts of different lengths are left-padded and
+    masked; each step feeds one token per row, so no step repeats work on the past; when a row outgrows the
+    context, the cache is rebuilt from the most recent 3/4 of it.
+  * iter_tokens: the sampling loop, one (B,) tensor of new tokens per step; generate_ids (GPT.generate) on top.
   * generate / generate_stream: text in, text out, with stop strings, <|endoftext|> and streaming.
+  * cli: `gpt2 generate`.
 """
 
 from __future__ import annotations
@@ -173,7 +175,6 @@ def iter_tokens(
             logits = decoder.step(token)
 
 
-@torch.inference_mode()
 def generate_ids(
     model: GPT,
     idx: torch.Tensor,
@@ -188,7 +189,7 @@ def generate_ids(
     steps = iter_tokens(
         model, idx.tolist(), max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
-    new = [token.to(idx.device) for token in steps]
+    new = [token.to(idx.device) for token in steps]  # joined outside inference mode: an ordinary tensor
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
@@ -353,6 +354,12 @@ def read_prompt(arg: str | None) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
+def header(i: int, n: int) -> None:
+    """A line between samples, as OpenAI's sampling script prints it; nothing when there is one sample."""
+    if n > 1:
+        print(f"{'=' * 30} SAMPLE {i + 1} of {n} {'=' * 30}", flush=True)
+
+
 def cli(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="gpt2 generate",
@@ -416,9 +423,3 @@ def cli(argv: list[str]) -> None:
     for i, text in enumerate(texts):
         header(i, n)
         print(prompt + text, flush=True)
-
-
-def header(i: int, n: int) -> None:
-    """A line between samples, as OpenAI's sampling script prints it; nothing when there is one sample."""
-    if n > 1:
-        print(f"{'=' * 30} SAMPLE {i + 1} of {n} {'=' * 30}", flush=True)
