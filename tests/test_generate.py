@@ -219,6 +219,8 @@ def test_sampling_works_in_bfloat16(pair) -> None:
         steps = [decoder.prefill()] + [decoder.step(torch.tensor([t])) for t in (7, 8, 9)]
         full = half(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]]))[0, 5:]
     torch.testing.assert_close(torch.cat(steps).float(), full.float(), atol=0.1, rtol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 weights, bf16 compute: as training samples
+        assert ours.generate(idx, 6, temperature=0).shape == (1, 10)
     torch.testing.assert_close(full.float(), ours(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]]))[0, 5:], atol=0.1, rtol=0)
 
 

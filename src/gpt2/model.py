@@ -101,7 +101,8 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == self.in_features:
+        # bf16 weights, not just bf16 inputs: under autocast the weights stay float32 and F.linear casts them
+        if self.weight.dtype == x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == self.in_features:
             row = x.reshape(self.in_features)
             y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
             return y.view(*x.shape[:-1], self.out_features)
