@@ -398,7 +398,6 @@ def cli(argv: list[str]) -> None:
         dtype = torch.bfloat16
     else:
         dtype = torch.float32
-    prompt = read_prompt(args.prompt)
     folder = resolve(args.model)
     model = GPT.from_pretrained(folder, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_pretrained(folder)
@@ -406,6 +405,7 @@ def cli(argv: list[str]) -> None:
         raise GPT2Error(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
         )
+    prompt = read_prompt(args.prompt)  # after loading, so that a bad --model fails before anyone types a prompt
     options: dict[str, Any] = dict(
         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop=args.stop
     )
