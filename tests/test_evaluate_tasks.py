@@ -168,7 +168,7 @@ def test_official_formats_parse(official, monkeypatch):
     (story,) = coqa.read_coqa(official / "coqa/coqa-dev-v1.0.json")
     assert story.answers[1] == ["in a barn", "a barn", "a barn", "a barn"]
     assert coqa.conversation(story, 1) == "Q: what color was cotton?\nA: white\n"
-    assert hellaswag.read_jsonl(official / "hellaswag/hellaswag_val.jsonl")[0] == (
+    assert hellaswag.read_official(official / "hellaswag/hellaswag_val.jsonl")[0] == (
         "Roof shingle removal: A man is sitting on a roof. He",
         HELLASWAG["endings"],
         3,

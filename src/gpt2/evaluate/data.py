@@ -9,17 +9,21 @@ member is extracted), checked by sha256 before anything is kept.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gpt2.errors import GPT2Error
 from gpt2.hub import cache_dir, download, sha256_file
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -132,3 +136,19 @@ def extract_member(archive: Path, member: str, dest: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_jsonl(path: Path, parse: Callable[[dict], T], expected: str, limit: int | None = None) -> list[T]:
+    """parse() of each non-blank line of a JSON Lines file; a bad record names its line and what was expected."""
+    out: list[T] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if limit is not None and len(out) == limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                out.append(parse(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                raise GPT2Error(f"{path}:{n}: expected {expected}") from None
+    return out

@@ -15,13 +15,12 @@ The protocol says which was read.
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from pathlib import Path
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate import detokenize
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, read_jsonl
 from gpt2.evaluate.metrics import ROUGE_TYPES, rouge_f1
 from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, sentences
 
@@ -98,17 +97,12 @@ def read_official(url_list: Path, archives: list[Path], limit: int | None) -> li
 
 
 def read_summeval(path: Path, limit: int | None) -> list[Article]:
-    articles = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if limit is not None and len(articles) == limit:
-                break
-            try:
-                d = json.loads(line)
-                articles.append((detokenize.news(d["article"]), detokenize.news(d["highlights"])))
-            except (ValueError, KeyError, TypeError):
-                raise GPT2Error(f"{path}:{n}: expected a JSON object with 'article' and 'highlights'") from None
-    return articles
+    return read_jsonl(
+        path,
+        lambda d: (detokenize.news(d["article"]), detokenize.news(d["highlights"])),
+        "a JSON object with 'article' and 'highlights'",
+        limit,
+    )
 
 
 class CNNDailyMail(Task):

@@ -14,12 +14,11 @@ Few-shot (GPT-3's): K training examples with their right ending, blank-line sepa
 from __future__ import annotations
 
 import bz2
-import json
 import re
 from pathlib import Path
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, read_jsonl
 from gpt2.evaluate.tasks.base import Context, Result, Task, percent, sample_shots
 
 _BASE = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/"
@@ -51,21 +50,13 @@ def clean(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def read_jsonl(path: Path) -> list[Example]:
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
-                examples.append(
-                    (clean(d["activity_label"] + ": " + ctx), [clean(e) for e in d["endings"]], int(d["label"]))
-                )
-            except (ValueError, KeyError, TypeError):
-                raise GPT2Error(f"{path}:{n}: expected a HellaSwag record (ctx_a, ctx_b, endings, label)") from None
-    return examples
+def parse_record(d: dict) -> Example:
+    ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
+    return clean(d["activity_label"] + ": " + ctx), [clean(e) for e in d["endings"]], int(d["label"])
+
+
+def read_official(path: Path) -> list[Example]:
+    return read_jsonl(path, parse_record, "a HellaSwag record (ctx_a, ctx_b, endings, label)")
 
 
 def read_llama_cpp(path: Path) -> list[Example]:
@@ -95,10 +86,10 @@ class HellaSwag(Task):
             examples, fmt = read_llama_cpp(path), "llama.cpp hellaswag_val_full.txt (6 lines a task)"
         else:
             source, path = VAL, ctx.data.path(VAL)
-            examples, fmt = read_jsonl(path), "official hellaswag_val.jsonl"
+            examples, fmt = read_official(path), "official hellaswag_val.jsonl"
         examples = examples[: ctx.limit]
         k = self.shots(ctx)
-        pool = read_jsonl(ctx.data.path(TRAIN)) if k else []
+        pool = read_official(ctx.data.path(TRAIN)) if k else []
         groups = []
         for i, (context, endings, _) in enumerate(examples):
             shots = "".join(f"{c} {e[label]}\n\n" for c, e, label in sample_shots(pool, k, ctx.seed, f"hellaswag{i}"))

@@ -15,13 +15,12 @@ Few-shot: K other passages of the test file (OpenAI's file has no other split), 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, read_jsonl
 from gpt2.evaluate.tasks.base import Context, Result, Task, percent, sample_shots, take
 from gpt2.tokenizer import Tokenizer
 
@@ -48,16 +47,7 @@ STOP_WORDS = frozenset(_NLTK_ENGLISH.split())
 
 
 def read_lambada(path: Path) -> list[str]:
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (ValueError, KeyError, TypeError):
-                raise GPT2Error(f"{path}:{n}: expected a JSON object with a 'text' field") from None
-    return texts
+    return read_jsonl(path, lambda d: d["text"], "a JSON object with a 'text' field")
 
 
 def split_last_word(text: str) -> tuple[str, str]:

@@ -13,11 +13,9 @@ many it used.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, read_jsonl
 from gpt2.evaluate.metrics import exact_match, max_over_golds
 from gpt2.evaluate.tasks.base import Context, Result, Task, generate_all, percent, sample_shots, take
 
@@ -44,17 +42,7 @@ QA = tuple[str, list[str]]
 
 
 def read_nq(path: Path) -> list[QA]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                out.append((d["question"], list(d["answer"])))
-            except (ValueError, KeyError, TypeError):
-                raise GPT2Error(f"{path}:{n}: expected a JSON object with 'question' and 'answer'") from None
-    return out
+    return read_jsonl(path, lambda d: (d["question"], list(d["answer"])), "a JSON object with 'question' and 'answer'")
 
 
 def prompt(question: str, shots: list[QA]) -> str:
