@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import statistics
 import tempfile
 import time
@@ -62,13 +63,13 @@ def main() -> None:
     torch.manual_seed(0)
     ours32 = GPT(GPTConfig.from_name(args.model)).eval()
     prompt = torch.randint(0, ours32.config.vocab_size - 1, (1, args.prompt_tokens))
+    folder = tempfile.mkdtemp()  # both load the same saved weights, as `gpt2 generate` and users do
+    ours32.save_pretrained(folder)
     theirs32 = None
     if not args.no_transformers:
         from transformers import GPT2LMHeadModel
 
-        with tempfile.TemporaryDirectory() as folder:
-            ours32.save_pretrained(folder)
-            theirs32 = GPT2LMHeadModel.from_pretrained(folder).eval()
+        theirs32 = GPT2LMHeadModel.from_pretrained(folder).eval()
         theirs32.generation_config.eos_token_id = None  # random weights: always run all new_tokens steps
         theirs32.generation_config.pad_token_id = ours32.config.vocab_size - 1
 
@@ -81,7 +82,7 @@ def main() -> None:
     print(f"  memory read bandwidth {bandwidth:.1f} GB/s: the ceiling is that divided by the weight bytes per token")
     for name in args.dtypes:
         dtype = DTYPES[name]
-        ours = copy.deepcopy(ours32).to(dtype)  # Module.to converts in place: keep the float32 originals
+        ours = GPT.from_pretrained(folder, dtype=dtype)
         weight_gb = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
         print(f"  {name:8s} ceiling      {bandwidth / weight_gb:6.1f} tok/s ({weight_gb * 1e3:.0f} MB of weights)")
         runs = {"ours": lambda ours=ours: ours.generate(prompt, n_new, temperature=0)}
@@ -111,6 +112,8 @@ def main() -> None:
                 f"  {name:8s} ratio ours/transformers: {medians['ours'] / medians['transformers']:.2f}x"
                 f"  (greedy ids identical: {same})"
             )
+
+    shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

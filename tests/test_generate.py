@@ -214,7 +214,7 @@ def test_sampling_works_in_bfloat16(pair) -> None:
     idx = torch.tensor([[1, 2, 3, 4]])
     out = half.generate(idx, 12, temperature=0.9, top_k=20, top_p=0.9, seed=0)
     assert out.shape == (1, 16) and out.dtype == torch.long and out.max() < TINY["vocab_size"]
-    with torch.inference_mode():  # the cached bf16 path (one-row GEMV) agrees with the bf16 full forward
+    with torch.inference_mode():  # the cached bf16 path (one row per step) agrees with the bf16 full forward
         decoder = gen.Decoder(half, [[1, 2, 3, 4, 5, 6]], 4)
         steps = [decoder.prefill()] + [decoder.step(torch.tensor([t])) for t in (7, 8, 9)]
         full = half(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]]))[0, 5:]

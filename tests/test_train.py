@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from gpt2 import GPT
 from gpt2.data import PrepareConfig, prepare
 from gpt2.errors import GPT2Error
-from gpt2.train import TrainConfig, load_config, lr_at, train
+from gpt2.tokenizer import Tokenizer
+from gpt2.train import TrainConfig, build_model, load_config, lr_at, train
 
 SMALL = dict(
     model="gpt2-tiny",
@@ -157,8 +158,9 @@ def test_fine_tune_checks_vocabulary(data_dir: Path, tmp_path: Path) -> None:
     cfg.seq_len, cfg.batch_size, cfg.sample_tokens = 32, 4, 0
     first = train(cfg, progress=False)
     assert first["loss"] < math.log(50257)  # it starts from the trained weights, not from scratch
-
-    from gpt2.tokenizer import Tokenizer
+    data_tok = Tokenizer.from_pretrained(data_dir / "tokenizer")
+    model, _ = build_model(cfg, json.loads((data_dir / "manifest.json").read_text()), data_tok)
+    assert all(p.is_contiguous() for p in model.parameters())  # not the decoding layout GPT.from_pretrained keeps
 
     other = Tokenizer([(b"a", b"b")])  # a different vocabulary in the model folder
     other.save_pretrained(base / "model")

@@ -93,28 +93,12 @@ class KVCache:
         self.length = 0
 
 
-class Linear(nn.Linear):
-    """nn.Linear with a faster route for one row of bfloat16 on the CPU, the shape of batch-1 decoding.
-
-    There, oneDNN's GEMM (what F.linear calls) runs a matrix-vector product well below memory bandwidth, while
-    torch's own bf16 GEMV kernel (addmv) is about 1.4x faster on the same weights (benchmarks/bench_generate.py).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # bf16 weights, not just bf16 inputs: under autocast the weights stay float32 and F.linear casts them
-        if self.weight.dtype == x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == self.in_features:
-            row = x.reshape(self.in_features)
-            y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
-            return y.view(*x.shape[:-1], self.out_features)
-        return super().forward(x)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # query, key, value projections at once
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value projections at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -147,8 +131,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +172,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: the output layer reuses the embedding
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
