@@ -458,3 +458,10 @@ def test_generation_tasks_prompts_and_scoring(official, tiny, gpt2_tokenizer, mo
             (official / "wmt14-en-fr" / f"newstest2013.{lang}").unlink()
     assert seen["wmt"] == [f"Dev sentence. = Phrase de dev.\n{EN[0]} ="]
     assert r["protocol"]["tasks"]["wmt14-en-fr"]["shots_from"] == "newstest2013 (validation)"
+
+
+def test_table_cells_stay_short_for_untrained_perplexities() -> None:
+    from gpt2.evaluate.report import fmt
+
+    assert fmt("ppl", 35.1349) == "35.13" and fmt("ppl", 11382860.25) == "1.14e+07"
+    assert fmt("bpb", 1.16) == "1.160" and fmt("acc", None) == "–" and fmt("acc", float("nan")) == "–"

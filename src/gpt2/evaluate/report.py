@@ -26,7 +26,9 @@ def columns(tasks: Sequence[str]) -> list[tuple[str, str]]:
 def fmt(metric: str, value: float | None) -> str:
     if value is None or value != value:  # missing, or NaN
         return "–"
-    return f"{value:.3f}" if metric in ("bpb", "bpc", "bits_per_byte") else f"{value:.2f}"
+    if metric in ("bpb", "bpc", "bits_per_byte"):
+        return f"{value:.3f}"
+    return f"{value:.2f}" if abs(value) < 1e5 else f"{value:.3g}"  # an untrained model's perplexity: 1.14e+07
 
 
 def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
