@@ -120,20 +120,22 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def curve(args: argparse.Namespace) -> None:
-    """fp32 and bf16 autocast from the same initial weights on the same batches: how far apart are the losses?"""
+    """fp32 and bf16 autocast from the same initial weights on the same batches: how far apart are the losses?
+    The yardstick of "normal noise" is a second fp32 run that differs only in its initial weights' seed."""
     from gpt2.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(SHARED / "gpt2-vocab")
     ids = torch.tensor(tok.encode((SHARED / "tinyshakespeare" / "input.txt").read_text()))
     config = GPTConfig.from_name("gpt2-mini", n_positions=256)
     losses = {}
-    for d in ("float32", "bfloat16"):
-        torch.manual_seed(0)
+    for run in ("float32", "bfloat16", "float32, other init"):
+        d = run.split(",")[0]
+        torch.manual_seed(1 if "other" in run else 0)
         model = GPT(config)
         opt = make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu"))
         g = torch.Generator().manual_seed(0)
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if d == "bfloat16" else contextlib.nullcontext
-        losses[d] = []
+        losses[run] = []
         for _ in range(args.curve_steps):
             starts = torch.randint(0, len(ids) - 257, (8,), generator=g)
             batch = torch.stack([ids[s : s + 257] for s in starts])
@@ -143,13 +145,15 @@ def curve(args: argparse.Namespace) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses[d].append(loss.item())
-    a, b = losses["float32"], losses["bfloat16"]
-    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+            losses[run].append(loss.item())
     tail = slice(-20, None)
-    print(f"loss after {len(a)} steps (mean of the last 20): fp32 {statistics.mean(a[tail]):.4f}, ", end="")
-    print(f"bf16 {statistics.mean(b[tail]):.4f}")
-    print(f"|fp32 - bf16| per step: median {statistics.median(diffs):.4f}, max {max(diffs):.4f}")
+    print(f"loss after {args.curve_steps} steps (mean of the last 20):")
+    for run, points in losses.items():
+        print(f"  {run:20s} {statistics.mean(points[tail]):.4f}")
+    a = losses["float32"]
+    for other in ("bfloat16", "float32, other init"):
+        diffs = [abs(x - y) for x, y in zip(a, losses[other], strict=True)]
+        print(f"|fp32 - {other}| per step: median {statistics.median(diffs):.4f}, max {max(diffs):.4f}")
 
 
 def main() -> None:
