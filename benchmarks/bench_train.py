@@ -128,9 +128,9 @@ def curve(args: argparse.Namespace) -> None:
     ids = torch.tensor(tok.encode((SHARED / "tinyshakespeare" / "input.txt").read_text()))
     config = GPTConfig.from_name("gpt2-mini", n_positions=256)
     losses = {}
-    for run in ("float32", "bfloat16", "float32, other init"):
-        d = run.split(",")[0]
-        torch.manual_seed(1 if "other" in run else 0)
+    runs = {"float32": ("float32", 0), "bfloat16": ("bfloat16", 0), "float32, other init": ("float32", 1)}
+    for run, (d, init_seed) in runs.items():
+        torch.manual_seed(init_seed)
         model = GPT(config)
         opt = make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu"))
         g = torch.Generator().manual_seed(0)
