@@ -2,11 +2,13 @@
 
 The issue's setting: batch 1, GPT-2 small's shape (124M; random weights cost the same compute as the official
 ones, which cannot be downloaded here), a 32-token prompt, 128 new tokens, greedy, float32 and bfloat16.
-Each repeat times ours and theirs back to back (interleaved, so load from other processes hits both alike);
-the figures are medians over the repeats. Decoding one token reads every weight once, so memory bandwidth
-bounds tokens/s: the script measures the bandwidth first and prints that ceiling, and the GB/s each reaches
-(weight bytes x tokens/s). Weights larger than the last-level cache are the honest case (GPT-2 small in
-float32 is 500 MB); a bfloat16 copy may partly fit in a large L3, so its ceiling is only a guide.
+Each repeat times ours, ours without gpt2.kernels' GEMV ("torch mm") and transformers back to back
+(interleaved, so load from other processes hits all alike); figures are medians over the repeats, ratios the
+median of each repeat's ratio. Decoding one token reads every weight once, so memory bandwidth bounds tokens/s:
+each repeat also measures the bandwidth, which neighbours on a shared machine move by tens of percent, and the
+script prints that ceiling and the GB/s each decoder reaches (weight bytes x tokens/s). Weights larger than the
+last-level cache are the honest case (GPT-2 small in float32 is 500 MB); a bfloat16 copy may partly fit in a
+large L3, so its ceiling is only a guide.
 
     python benchmarks/bench_generate.py                       # the issue's figures
     python benchmarks/bench_generate.py --repeats 9 --dtypes float32 --threads 2
@@ -23,7 +25,7 @@ import time
 
 import torch
 
-from gpt2 import GPT, GPTConfig
+from gpt2 import GPT, GPTConfig, kernels
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -34,18 +36,19 @@ def tokens_per_second(run, new_tokens: int) -> tuple[float, torch.Tensor]:
     return new_tokens / (time.perf_counter() - start), out
 
 
-def read_bandwidth_gbs(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
-    """The read bandwidth torch's float32 matrix-vector product reaches over more memory than caches hold (the
-    access pattern of batch-1 decoding), median of repeats. A kernel's ceiling, not the memory's: plain streaming
-    reads (torch.sum) go faster on some machines (~70 GB/s against ~21 here)."""
-    matrix = torch.randn(nbytes // 4 // 1024, 1024)
-    vector = torch.randn(1024)
-    seconds = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        torch.mv(matrix, vector)
-        seconds.append(time.perf_counter() - start)
-    return nbytes / statistics.median(seconds[1:]) / 1e9
+def read_bandwidth_gbs(matrix: torch.Tensor) -> float:
+    """How fast this process streams memory right now: one torch.sum over a matrix larger than the caches.
+    Neighbours on a shared machine move it by tens of percent between minutes, so each repeat measures it."""
+    start = time.perf_counter()
+    matrix.sum()
+    return matrix.numel() * matrix.element_size() / (time.perf_counter() - start) / 1e9
+
+
+def gemv_bandwidth_gbs(matrix: torch.Tensor, vector: torch.Tensor) -> float:
+    """The same for torch's own one-row matmul (F.linear, what decoding does without gpt2.kernels)."""
+    start = time.perf_counter()
+    torch.nn.functional.linear(vector, matrix)
+    return matrix.numel() * matrix.element_size() / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -79,14 +82,20 @@ def main() -> None:
         f"{args.model} ({ours32.num_params() / 1e6:.0f}M), batch 1, {args.prompt_tokens}-token prompt, {n_new} new "
         f"tokens, greedy; torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats"
     )
-    bandwidth = read_bandwidth_gbs()
-    print(f"  GEMV read bandwidth {bandwidth:.1f} GB/s: the ceiling is that divided by the weight bytes per token")
+    big = torch.randn(2**27)  # 512 MB, larger than any last-level cache here
+    big_matrix, big_vector = big.view(-1, 1024), torch.randn(1, 1024)
+    print(f"  fast CPU kernel (gpt2.kernels): {'built' if kernels.gemv_kernel() else 'unavailable, torch matmul'}")
+    print("  ceiling: memory read bandwidth (torch.sum over 512 MB) / weight bytes per token")
     for name in args.dtypes:
         dtype = DTYPES[name]
         ours = GPT.from_pretrained(folder, dtype=dtype)
         weight_gb = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
-        print(f"  {name:8s} ceiling      {bandwidth / weight_gb:6.1f} tok/s ({weight_gb * 1e3:.0f} MB of weights)")
-        runs = {"ours": lambda ours=ours: ours.generate(prompt, n_new, temperature=0)}
+
+        def plain(ours=ours) -> torch.Tensor:
+            with kernels.disabled():
+                return ours.generate(prompt, n_new, temperature=0)
+
+        runs = {"ours": lambda ours=ours: ours.generate(prompt, n_new, temperature=0), "ours, torch mm": plain}
         if theirs32 is not None:
             theirs = copy.deepcopy(theirs32).to(dtype)
 
@@ -98,21 +107,29 @@ def main() -> None:
         for run in runs.values():  # warm-up: one-time allocations and kernel selection
             run()
         rates: dict[str, list[float]] = {k: [] for k in runs}
+        bandwidth: dict[str, list[float]] = {"memory": [], "torch GEMV": []}
         outputs: dict[str, torch.Tensor] = {}
         for _ in range(args.repeats):
+            bandwidth["memory"].append(read_bandwidth_gbs(big_matrix))
+            bandwidth["torch GEMV"].append(gemv_bandwidth_gbs(big_matrix, big_vector))
             for key, run in runs.items():
                 rate, outputs[key] = tokens_per_second(run, n_new)
                 rates[key].append(rate)
-        medians = {k: statistics.median(v) for k, v in rates.items()}
-        for key, rate in medians.items():
-            spread = f"{min(rates[key]):.1f}-{max(rates[key]):.1f}"
-            print(f"  {name:8s} {key:12s} {rate:6.1f} tok/s (range {spread}), {rate * weight_gb:5.1f} GB/s of weights")
-        if "transformers" in medians:
-            same = torch.equal(outputs["ours"], outputs["transformers"])
-            print(
-                f"  {name:8s} ratio ours/transformers: {medians['ours'] / medians['transformers']:.2f}x"
-                f"  (greedy ids identical: {same})"
-            )
+        memory, torch_gemv = (statistics.median(v) for v in bandwidth.values())
+        print(
+            f"  {name:8s} ceiling        {memory / weight_gb:6.1f} tok/s ({weight_gb * 1e3:.0f} MB of weights; "
+            f"memory {memory:.1f} GB/s, torch's GEMV {torch_gemv:.1f} GB/s)"
+        )
+        for key, values in rates.items():
+            rate = statistics.median(values)
+            spread = f"{min(values):.1f}-{max(values):.1f}"
+            print(f"  {name:8s} {key:14s} {rate:6.1f} tok/s (range {spread}), {rate * weight_gb:5.1f} GB/s of weights")
+        # Ratios per repeat, then their median: both sides of a ratio saw the same minute of the machine.
+        for other in ("ours, torch mm", "transformers"):
+            if other in rates:
+                ratio = statistics.median(o / t for o, t in zip(rates["ours"], rates[other], strict=True))
+                same = torch.equal(outputs["ours"], outputs[other])
+                print(f"  {name:8s} ratio ours / {other}: {ratio:.2f}x  (greedy ids identical: {same})")
 
     shutil.rmtree(folder)
 

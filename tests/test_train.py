@@ -160,7 +160,7 @@ def test_fine_tune_checks_vocabulary(data_dir: Path, tmp_path: Path) -> None:
     assert first["loss"] < math.log(50257)  # it starts from the trained weights, not from scratch
     data_tok = Tokenizer.from_pretrained(data_dir / "tokenizer")
     model, _ = build_model(cfg, json.loads((data_dir / "manifest.json").read_text()), data_tok)
-    assert all(p.is_contiguous() for p in model.parameters())  # not the decoding layout GPT.from_pretrained keeps
+    assert all(p.is_contiguous() for p in model.parameters())  # DDP/FSDP want plain tensors
 
     other = Tokenizer([(b"a", b"b")])  # a different vocabulary in the model folder
     other.save_pretrained(base / "model")

@@ -165,7 +165,7 @@ def hf_to_ours(tensors: dict[str, torch.Tensor], model: GPT, source: Path) -> di
                 f"match the weights (or this is not a GPT-2 checkpoint)"
             )
         if key.endswith(CONV1D_WEIGHTS) and tensor.dim() == 2:
-            tensor = tensor.t()  # a view: load_model decides the memory layout
+            tensor = tensor.t().contiguous()  # nn.Linear's (out, in), row by row as decoding reads it
         if tensor.shape != expected[key]:
             raise GPT2Error(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
@@ -194,14 +194,6 @@ def load_model(
     model.load_state_dict(state, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced wte; re-tie
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
-    # The block matrices stay in Conv1D's (in, out) memory layout (nn.Linear's weight as a transposed view) only
-    # for float32 on the CPU: there batch-1 decoding reads them ~18% faster that way (MKL's GEMV), batched
-    # matmuls cost the same, and oneDNN's bfloat16 kernels and the GPU want nn.Linear's own (out, in) layout.
-    # Training makes every parameter contiguous (gpt2.train.build_model).
-    if model.lm_head.weight.dtype != torch.float32 or model.lm_head.weight.device.type != "cpu":
-        for name, p in model.named_parameters():
-            if name.endswith(CONV1D_WEIGHTS):
-                p.data = p.data.contiguous()
     return model.eval()
 
 

@@ -265,8 +265,6 @@ def build_model(cfg: TrainConfig, manifest: dict[str, Any], data_tok: Tokenizer)
     data_vocab = manifest["tokenizer"]["vocab_size"]
     if cfg.init_from:
         model = GPT.from_pretrained(cfg.init_from)
-        for p in model.parameters():  # loading may keep a decoding-friendly layout; DDP/FSDP want plain tensors
-            p.data = p.data.contiguous()
         try:
             model_tok = Tokenizer.from_pretrained(cfg.init_from)
         except GPT2Error:

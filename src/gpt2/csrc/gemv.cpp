@@ -1,0 +1,170 @@
+// Matrix-vector products for decoding on the CPU: y = x W^T + b for 1 to 8 rows of x, with float32 or
+// bfloat16 weights (bfloat16 products accumulate in float32 and round once, as torch's do).
+//
+// Decoding one token reads every weight once, so its speed is memory bandwidth. torch's matmul for one row
+// (MKL's float32 GEMV, oneDNN's bfloat16 one) reads GPT-2's matrices at about half the bandwidth a plain
+// streaming loop reaches; this kernel is that streaming loop: each thread walks its share of weight rows front
+// to back, several rows at a time, and uses each weight it loads for every input row. Built on first use by
+// gpt2/kernels.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace {
+// 16 floats as one vector value (GCC/Clang vector extension): AVX-512 registers where the CPU has them, pairs
+// of AVX2 or quads of NEON registers elsewhere; the source stays free of per-ISA intrinsics.
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+constexpr int64_t L = 16;
+
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline float sum(v16 v) {  // by halves: a few vector adds instead of 16 scalar ones
+  v8 a, b;
+  std::memcpy(&a, &v, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+  a += b;
+  v4 c, d;
+  std::memcpy(&c, &a, sizeof c);
+  std::memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof c, sizeof d);
+  c += d;
+  return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+inline v16 as_float(u32x16 bits) {
+  v16 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// y[m, r] = dot(w[r, :], x[m, :]) + bias[r] for M input rows and R weight rows: each weight element is read
+// from memory once and used M times.
+template <int M, int R>
+inline void dot_block(const float* w, const float* /*xs: x itself*/, const float* x, int64_t in, float* y,
+                      int64_t ldy, const float* bias) {
+  v16 acc[M][R] = {};
+  int64_t i = 0;
+  for (; i + L <= in; i += L) {
+    v16 xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = load(x + m * in + i);
+    for (int r = 0; r < R; ++r) {
+      v16 wv = load(w + r * in + i);
+      for (int m = 0; m < M; ++m) acc[m][r] += wv * xv[m];
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = sum(acc[m][r]);
+      for (int64_t j = i; j < in; ++j) s += w[r * in + j] * x[m * in + j];
+      y[m * ldy + r] = s + (bias ? bias[r] : 0.f);
+    }
+}
+
+// The same for bfloat16 weights, 32 at a time without conversion instructions: bfloat16 is float32's top half,
+// so of each 32-bit word of two weights, (word << 16) is the even one and (word & 0xffff0000) the odd one, as
+// floats. xs holds x's rows rearranged to match (per 32: the 16 even elements, then the 16 odd ones).
+template <int M, int R>
+inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, int64_t in, float* y, int64_t ldy,
+                      const float* bias) {
+  v16 acc[M][R] = {};
+  int64_t i = 0;
+  for (; i + 2 * L <= in; i += 2 * L) {
+    v16 even[M], odd[M];
+    for (int m = 0; m < M; ++m) {
+      even[m] = load(xs + m * in + i);
+      odd[m] = load(xs + m * in + i + L);
+    }
+    for (int r = 0; r < R; ++r) {
+      u32x16 words;
+      std::memcpy(&words, w + r * in + i, sizeof words);
+      const v16 w_even = as_float(words << 16), w_odd = as_float(words & 0xffff0000u);
+      for (int m = 0; m < M; ++m) acc[m][r] += w_even * even[m] + w_odd * odd[m];
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = sum(acc[m][r]);
+      for (int64_t j = i; j < in; ++j) s += static_cast<float>(w[r * in + j]) * x[m * in + j];
+      y[m * ldy + r] = s + (bias ? bias[r] : 0.f);
+    }
+}
+
+template <int M, typename W>
+void gemv_rows(const W* w, const float* xs, const float* x, const float* b, float* y, int64_t in, int64_t out) {
+  // M * R accumulators and the inputs (M, or 2M for bfloat16) must fit in the 32 vector registers
+  constexpr bool bf16 = std::is_same_v<W, c10::BFloat16>;
+  constexpr int R = M <= 2 ? 4 : M <= 4 ? (bf16 ? 2 : 4) : (bf16 ? 1 : 2);
+  at::parallel_for(0, (out + R - 1) / R, 16, [&](int64_t g0, int64_t g1) {
+    for (int64_t o = g0 * R; o < std::min(g1 * R, out);) {
+      if (o + R <= out) {
+        dot_block<M, R>(w + o * in, xs, x, in, y + o, out, b ? b + o : nullptr);
+        o += R;
+      } else {
+        dot_block<M, 1>(w + o * in, xs, x, in, y + o, out, b ? b + o : nullptr);
+        o += 1;
+      }
+    }
+  });
+}
+
+template <typename W>
+void gemv_any_rows(int64_t rows, const W* w, const float* xs, const float* x, const float* b, float* y, int64_t in,
+                   int64_t out) {
+  switch (rows) {
+    case 1: return gemv_rows<1>(w, xs, x, b, y, in, out);
+    case 2: return gemv_rows<2>(w, xs, x, b, y, in, out);
+    case 3: return gemv_rows<3>(w, xs, x, b, y, in, out);
+    case 4: return gemv_rows<4>(w, xs, x, b, y, in, out);
+    case 5: return gemv_rows<5>(w, xs, x, b, y, in, out);
+    case 6: return gemv_rows<6>(w, xs, x, b, y, in, out);
+    case 7: return gemv_rows<7>(w, xs, x, b, y, in, out);
+    default: return gemv_rows<8>(w, xs, x, b, y, in, out);
+  }
+}
+
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const auto dtype = weight.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "gemv: float32 or bfloat16 weights only");
+  TORCH_CHECK(x.scalar_type() == dtype, "gemv: x and weight must have the same dtype");
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "gemv: weight must be a contiguous (out, in) matrix");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == in, "gemv: x's last dimension must equal weight's in-features");
+  const int64_t rows = x.numel() / in;
+  TORCH_CHECK(rows >= 1 && rows <= 8, "gemv: 1 to 8 rows");
+  // x, bias and y are a few KB: float32 copies cost nothing next to reading the weights
+  auto xf = x.to(at::kFloat).contiguous();
+  at::Tensor bf;
+  const float* b = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bf = bias->to(at::kFloat).contiguous();
+    b = bf.data_ptr<float>();
+  }
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  auto y = at::empty(sizes, x.options().dtype(at::kFloat));
+  const float* xp = xf.data_ptr<float>();
+  if (dtype == at::kFloat) {
+    gemv_any_rows(rows, weight.data_ptr<float>(), xp, xp, b, y.data_ptr<float>(), in, out);
+  } else {
+    const int64_t head = in / (2 * L) * (2 * L);  // x's elements in the order the bfloat16 loop reads them
+    auto xs = xf.reshape({rows, in}).clone();
+    auto pairs = xs.narrow(1, 0, head).reshape({rows, head / (2 * L), L, 2});  // (..., element pair, even/odd)
+    xs.narrow(1, 0, head).copy_(pairs.transpose(2, 3).reshape({rows, head}));
+    gemv_any_rows(rows, weight.data_ptr<c10::BFloat16>(), xs.data_ptr<float>(), xp, b, y.data_ptr<float>(), in, out);
+  }
+  return y.to(dtype);
+}
+}  // namespace
+
+TORCH_LIBRARY(gpt2_kernels, m) { m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }
+TORCH_LIBRARY_IMPL(gpt2_kernels, CPU, m) { m.impl("gemv", &gemv); }

@@ -1,0 +1,117 @@
+"""A faster matrix-vector product for decoding on the CPU, built from csrc/gemv.cpp on first use.
+
+Decoding reads every weight once per token, so batch-1 speed is memory bandwidth. torch's matmul for a single
+row reads GPT-2's matrices at ~18 GB/s (MKL, float32) and ~24 GB/s (oneDNN, bfloat16) on a 2-core machine where
+a plain streaming loop reaches ~40-45; csrc/gemv.cpp is that loop (benchmarks/bench_generate.py shows both).
+`linear` sends the few-row, no-grad CPU products of decoding there and everything else to torch.
+
+The kernel is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
+and cached under ~/.cache/torch_extensions. Where that is not possible (no compiler, not Linux) decoding uses
+torch's matmul, after one warning. GPT2_CPU_KERNELS=0 turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MAX_ROWS = 8  # the kernel's limit; more rows are a real matmul, where torch's kernels are good
+# Up to where the kernel beats torch (bench_generate's shapes): oneDNN's bfloat16 matmul has the CPU's dot-product
+# instructions, which win once a few rows share each weight.
+FAST_ROWS = {torch.float32: MAX_ROWS, torch.bfloat16: 2}
+SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
+_lock = threading.Lock()
+_gemv: Callable[..., torch.Tensor] | None = None
+_tried = False
+_off = 0  # > 0 inside `disabled()`
+
+
+def _cpu_fingerprint() -> str:
+    """Names the build after the CPU, because -march=native code can crash on another one (shared homes)."""
+    flags = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features", "model name")):
+                flags += line
+    except OSError:
+        pass
+    return hashlib.sha256(f"{flags}|{torch.__version__}".encode()).hexdigest()[:12]
+
+
+def _build() -> Callable[..., torch.Tensor] | None:
+    if os.environ.get("GPT2_CPU_KERNELS", "1") == "0":
+        return None
+    if not sys.platform.startswith("linux"):
+        return None  # torch's OpenMP runtime and a matching compiler are only a given on Linux
+    arch = {"x86_64": ["-march=native"], "aarch64": ["-mcpu=native"]}.get(platform.machine(), [])
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(
+            name=f"gpt2_gemv_{_cpu_fingerprint()}",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-fopenmp", *arch],  # OpenMP: the threads of torch's own parallel_for
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+        return torch.ops.gpt2_kernels.gemv
+    except Exception as e:  # compiler, ninja or headers missing: decoding still works, at torch's speed
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.warn(
+            f"gpt2: the fast CPU decoding kernel could not be built ({reason[:200]}); using torch's matmul, "
+            "about half as fast for batch-1 float32 decoding. Set GPT2_CPU_KERNELS=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def gemv_kernel() -> Callable[..., torch.Tensor] | None:
+    """The compiled kernel `gemv(x, weight, bias)`, built on the first call; None where it cannot be."""
+    global _gemv, _tried
+    if not _tried:
+        with _lock:
+            if not _tried:
+                _gemv = _build()
+                _tried = True
+    return _gemv
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Within this block `linear` is torch's F.linear throughout (for comparisons and debugging)."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), through the kernel when x is a few rows (FAST_ROWS) on the CPU, the weight a
+    contiguous (out, in) matrix, both float32 or both bfloat16, and no gradient is wanted (decoding's products)."""
+    if (
+        not _off
+        and x.device.type == "cpu"
+        and x.dtype in FAST_ROWS
+        and weight.dtype == x.dtype
+        and x.numel() <= FAST_ROWS[x.dtype] * weight.shape[1]
+        and weight.is_contiguous()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.compiler.is_compiling()
+    ):
+        gemv = gemv_kernel()
+        if gemv is not None and x.numel() > 0:
+            return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)

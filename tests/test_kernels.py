@@ -1,0 +1,123 @@
+"""The CPU decoding kernel (gpt2.kernels): same products as torch, used only where it applies, and decoding
+with it gives the same tokens as without it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2 import GPT, GPTConfig, kernels
+
+
+@pytest.fixture(scope="module")
+def gemv():
+    if not sys.platform.startswith("linux") or shutil.which("c++") is None:
+        pytest.skip("the kernel is built on Linux with a C++ compiler; none here")
+    op = kernels.gemv_kernel()
+    assert op is not None, "a compiler is present, so the kernel must build (see the warning above)"
+    return op
+
+
+SHAPES = [(768, 2304), (3072, 768), (37, 5), (16, 1), (5, 3), (48, 9)]  # tails: n_in % 16 and % 32, n_out % 4
+
+
+@pytest.mark.parametrize("rows", range(1, kernels.MAX_ROWS + 1))
+@pytest.mark.parametrize("n_in,n_out", SHAPES)
+def test_gemv_equals_torch_linear(gemv, rows, n_in, n_out) -> None:
+    torch.manual_seed(rows)
+    x, w, b = torch.randn(1, rows, n_in), torch.randn(n_out, n_in), torch.randn(n_out)
+    # outputs are sums of n_in terms of size ~1, so float32 rounding (summed in another order) is ~1e-4 of them
+    torch.testing.assert_close(gemv(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=5e-4)
+    torch.testing.assert_close(gemv(x, w, None), F.linear(x, w), rtol=1e-4, atol=5e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+@pytest.mark.parametrize("n_in,n_out", SHAPES)
+def test_gemv_bfloat16_is_the_float32_product_rounded_once(gemv, rows, n_in, n_out) -> None:
+    torch.manual_seed(rows)
+    x, w, b = (t.bfloat16() for t in (torch.randn(rows, n_in), torch.randn(n_out, n_in), torch.randn(n_out)))
+    y = gemv(x, w, b)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, n_out)
+    exact = F.linear(x.double(), w.double(), b.double())
+    # one rounding to bfloat16 (8 significant bits) of a float32 sum: within 2^-8 relative, plus float32 noise
+    torch.testing.assert_close(y.double(), exact, rtol=2**-8, atol=1e-3)
+
+
+def test_gemv_rejects_what_it_cannot_do(gemv) -> None:
+    w = torch.randn(8, 16)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        gemv(torch.randn(1, 8), w.t(), None)
+    with pytest.raises(RuntimeError, match="1 to 8 rows"):
+        gemv(torch.randn(9, 16), w, None)
+    with pytest.raises(RuntimeError, match="in-features"):
+        gemv(torch.randn(1, 15), w, None)
+
+
+def test_linear_keeps_torch_for_gradients_and_other_shapes(gemv, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(kernels, "_gemv", lambda *a: calls.append(a) or gemv(*a))
+    w = torch.randn(6, 32, requires_grad=True)
+    x = torch.randn(1, 32)
+    y = kernels.linear(x, w)  # grad wanted: torch's matmul, which autograd can differentiate
+    y.sum().backward()
+    assert w.grad is not None and not calls
+    with torch.no_grad():
+        kernels.linear(torch.randn(kernels.MAX_ROWS + 1, 32), w)  # a real matmul
+        kernels.linear(torch.randn(3, 32).bfloat16(), w.bfloat16())  # where oneDNN's bfloat16 matmul is faster
+        kernels.linear(x.half(), w.half())
+        kernels.linear(x, w.detach().t().contiguous().t())  # a transposed view
+        assert not calls
+        torch.testing.assert_close(kernels.linear(x, w), F.linear(x, w))
+        assert len(calls) == 1
+
+
+def test_decoding_with_the_kernel_matches_torch(gemv) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=500, n_positions=64)).eval()
+    prompts = torch.randint(0, 500, (3, 7))
+    fast = model.generate(prompts, 20, temperature=0)  # 3 rows per step: the kernel
+    with torch.no_grad():
+        fast_logits = model(prompts[:1, :2])
+    with kernels.disabled():  # as where it cannot be built
+        assert torch.equal(model.generate(prompts, 20, temperature=0), fast)
+        with torch.no_grad():
+            torch.testing.assert_close(model(prompts[:1, :2]), fast_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_decoding_uses_the_kernel_for_one_row(gemv, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(kernels, "_gemv", lambda *a: calls.append(a) or gemv(*a))
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=500, n_positions=64)).to(torch.bfloat16).eval()
+    prompt = torch.randint(0, 500, (1, 7))
+    out = model.generate(prompt, 5, temperature=0)
+    # the prompt's 7 rows go to oneDNN, except the head (last position only); then 4 steps of one row each:
+    # 4 matrices per block and the head
+    assert len(calls) == 1 + 4 * (4 * model.config.n_layer + 1)
+    with kernels.disabled():
+        plain = model.generate(prompt, 5, temperature=0)
+    assert out.shape == plain.shape and torch.equal(out[:, :8], plain[:, :8])  # then bf16 roundings may differ
+
+
+def test_turned_off_by_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("GPT2_CPU_KERNELS", "0")
+    assert kernels._build() is None
+
+
+def test_a_failed_build_warns_once_and_decoding_goes_on(monkeypatch) -> None:
+    from torch.utils import cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension 'gpt2_gemv': c++: command not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_gemv", None)
+    with pytest.warns(RuntimeWarning, match="could not be built .*command not found.*torch's matmul"):
+        assert kernels.gemv_kernel() is None
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=500, n_positions=64)).eval()
+    assert model.generate(torch.zeros(1, 3, dtype=torch.long), 4, temperature=0).shape == (1, 7)  # no second warning
