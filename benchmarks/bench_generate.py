@@ -12,6 +12,7 @@ large L3, so its ceiling is only a guide.
 
     python benchmarks/bench_generate.py                       # the issue's figures
     python benchmarks/bench_generate.py --repeats 9 --dtypes float32 --threads 2
+    python benchmarks/bench_generate.py --dtypes float32 --lookahead 4   # prompt-lookup decoding, both sides
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-transformers", action="store_true", help="time ours only")
+    parser.add_argument(
+        "--lookahead",
+        type=int,
+        default=0,
+        help="also time prompt-lookup decoding with K drafts, ours against transformers' prompt_lookup_num_tokens=K",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +103,10 @@ def main() -> None:
                 return ours.generate(prompt, n_new, temperature=0)
 
         runs = {"ours": lambda ours=ours: ours.generate(prompt, n_new, temperature=0), "ours, torch mm": plain}
+        if args.lookahead:
+            runs[f"ours, lookahead {args.lookahead}"] = lambda ours=ours: ours.generate(
+                prompt, n_new, temperature=0, lookahead=args.lookahead
+            )
         if theirs32 is not None:
             theirs = copy.deepcopy(theirs32).to(dtype)
 
@@ -104,6 +115,20 @@ def main() -> None:
                     return theirs.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new)
 
             runs["transformers"] = hf
+
+            if args.lookahead:
+
+                def hf_lookup(theirs=theirs) -> torch.Tensor:
+                    with torch.inference_mode():
+                        return theirs.generate(
+                            prompt,
+                            do_sample=False,
+                            max_new_tokens=n_new,
+                            min_new_tokens=n_new,
+                            prompt_lookup_num_tokens=args.lookahead,
+                        )
+
+                runs[f"transformers, lookahead {args.lookahead}"] = hf_lookup
         for run in runs.values():  # warm-up: one-time allocations and kernel selection
             run()
         rates: dict[str, list[float]] = {k: [] for k in runs}
@@ -120,16 +145,24 @@ def main() -> None:
             f"  {name:8s} ceiling        {memory / weight_gb:6.1f} tok/s ({weight_gb * 1e3:.0f} MB of weights; "
             f"memory {memory:.1f} GB/s, torch's GEMV {torch_gemv:.1f} GB/s)"
         )
+        width = max(len(k) for k in rates)
         for key, values in rates.items():
             rate = statistics.median(values)
             spread = f"{min(values):.1f}-{max(values):.1f}"
-            print(f"  {name:8s} {key:14s} {rate:6.1f} tok/s (range {spread}), {rate * weight_gb:5.1f} GB/s of weights")
+            gbs = rate * weight_gb
+            print(f"  {name:8s} {key:{width}s} {rate:6.1f} tok/s (range {spread}), {gbs:5.1f} GB/s of weights")
         # Ratios per repeat, then their median: both sides of a ratio saw the same minute of the machine.
-        for other in ("ours, torch mm", "transformers"):
+        pairs = [("ours", "ours, torch mm"), ("ours", "transformers")]
+        if args.lookahead:
+            pairs.append((f"ours, lookahead {args.lookahead}", f"transformers, lookahead {args.lookahead}"))
+        for mine, other in pairs:
             if other in rates:
-                ratio = statistics.median(o / t for o, t in zip(rates["ours"], rates[other], strict=True))
-                same = torch.equal(outputs["ours"], outputs[other])
-                print(f"  {name:8s} ratio ours / {other}: {ratio:.2f}x  (greedy ids identical: {same})")
+                ratio = statistics.median(o / t for o, t in zip(rates[mine], rates[other], strict=True))
+                same = torch.equal(outputs[mine], outputs[other])
+                print(f"  {name:8s} ratio {mine} / {other}: {ratio:.2f}x  (greedy ids identical: {same})")
+        if args.lookahead:
+            same = torch.equal(outputs["ours"], outputs[f"ours, lookahead {args.lookahead}"])
+            print(f"  {name:8s} ours with lookahead gives the same ids as without: {same}")
 
     shutil.rmtree(folder)
 

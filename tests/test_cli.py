@@ -55,7 +55,7 @@ def test_generate_help(capsys) -> None:
     assert code == 0
     for option in ["--model", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed"]:
         assert option in out
-    for option in ["--num-samples", "--stream", "--stop", "--device", "--dtype"]:
+    for option in ["--num-samples", "--stream", "--stop", "--device", "--dtype", "--lookahead"]:
         assert option in out
 
 
@@ -86,6 +86,16 @@ def test_stream_prints_the_same_text(capsys, model_dir: Path) -> None:
     plain = run(capsys, argv)
     streamed = run(capsys, [*argv, "--stream"])
     assert plain[0] == streamed[0] == 0 and plain[1] == streamed[1]
+
+
+def test_lookahead_prints_the_same_greedy_text(capsys, model_dir: Path) -> None:
+    argv = ["generate", "--model", str(model_dir), "--prompt", "one two one two one", "--temperature", "0",
+            "--max-new-tokens", "25", "--num-samples", "2"]  # fmt: skip
+    plain = run(capsys, argv)
+    for extra in (["--lookahead", "4"], ["--lookahead", "4", "--stream"]):
+        assert run(capsys, [*argv, *extra]) == plain
+    code, _, err = run(capsys, [*argv, "--lookahead", "-1"])
+    assert code != 0 and "--lookahead must be >= 0" in err
 
 
 def test_prompt_from_stdin(capsys, monkeypatch, model_dir: Path) -> None:

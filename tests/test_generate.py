@@ -224,6 +224,66 @@ def test_sampling_works_in_bfloat16(pair) -> None:
     torch.testing.assert_close(full.float(), ours(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]]))[0, 5:], atol=0.1, rtol=0)
 
 
+# ------------------------------------------------------------------------------------------------ lookahead
+def test_ngram_lookup_drafts_what_followed_the_latest_occurrence() -> None:
+    lookup = gen.NgramLookup([1, 2, 3, 9, 1, 2, 3, 4, 5, 0, 2, 3])
+    assert lookup.draft(3) == [4, 5, 0]  # "2 3" last occurred before 4 (a 3-gram "0 2 3" never did)
+    lookup.append(7)
+    assert lookup.draft(2) == []  # 7 never occurred before
+    lookup.append(1)
+    assert lookup.draft(5) == [2, 3, 4, 5, 0]  # "7 1" no, "1" yes: its latest occurrence
+    assert lookup.draft(12) == [2, 3, 4, 5, 0, 2, 3, 7, 1, 2, 3, 4]  # past the end: the loop "2 ... 1" again
+    assert gen.NgramLookup([5]).draft(4) == []
+    assert gen.NgramLookup([8, 8]).draft(3) == [8, 8, 8]
+
+
+@pytest.mark.parametrize("lookahead", [1, 3, 8])
+def test_lookahead_greedy_gives_the_same_tokens(pair, lookahead) -> None:
+    ours, _ = pair
+    torch.manual_seed(3)
+    for prompt in ([1, 2, 3, 1, 2, 3, 1], torch.randint(0, TINY["vocab_size"], (20,)).tolist()):
+        idx = torch.tensor([prompt])
+        for n in (1, 2, 7, 40):  # 40 + 20 > 32: the window slides between drafts
+            plain = ours.generate(idx, n, temperature=0)
+            assert torch.equal(ours.generate(idx, n, temperature=0, lookahead=lookahead), plain), n
+
+
+def test_lookahead_checks_several_drafts_per_forward_pass(pair) -> None:
+    ours, _ = pair
+    calls = []
+    original = gen.Decoder.extend
+    gen.Decoder.extend = lambda self, new: calls.append(new.numel()) or original(self, new)
+    try:
+        out = ours.generate(torch.tensor([[4, 5, 6] * 3]), 20, temperature=0, lookahead=4)
+    finally:
+        gen.Decoder.extend = original
+    assert calls and max(calls) == 5  # the last token and 4 drafts at once
+    assert torch.equal(out, ours.generate(torch.tensor([[4, 5, 6] * 3]), 20, temperature=0))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.5, 3, None), (1.0, None, 0.7)])
+@pytest.mark.parametrize("draft", [0, 2, 4])
+def test_verify_keeps_the_sampling_distribution(temperature, top_k, top_p, draft) -> None:
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    g, n = torch.Generator().manual_seed(draft), 20_000
+    got = torch.tensor([gen.verify(logits, draft, temperature, top_k, top_p, g) for _ in range(n)])
+    expected = gen.sample_next(logits.expand(200_000, 5), temperature, top_k, top_p, torch.Generator().manual_seed(1))
+    freq = torch.bincount(got, minlength=5).double() / n
+    torch.testing.assert_close(freq, torch.bincount(expected, minlength=5).double() / 200_000, atol=0.012, rtol=0)
+
+
+def test_lookahead_sampling_repeats_with_a_seed_and_needs_one_row(pair) -> None:
+    ours, _ = pair
+    idx = torch.tensor([[1, 2, 3, 1, 2, 3]])
+    a = ours.generate(idx, 30, temperature=0.8, top_k=5, seed=3, lookahead=4)
+    assert torch.equal(a, ours.generate(idx, 30, temperature=0.8, top_k=5, seed=3, lookahead=4))
+    assert a.shape == (1, 36) and int(a.max()) < TINY["vocab_size"]
+    with pytest.raises(GPT2Error, match="single prompt"):
+        ours.generate(torch.tensor([[1, 2], [3, 4]]), 3, lookahead=2)
+    with pytest.raises(GPT2Error, match="lookahead"):
+        ours.generate(idx, 3, lookahead=-1)
+
+
 # ------------------------------------------------------------------------------------------------ text
 def feed(tokenizer, ids: list[int], stop=(), stop_at_eot=True) -> tuple[list[str], str]:
     row = gen.Completion(tokenizer, stop, stop_at_eot)

@@ -132,6 +132,23 @@ class Decoder:
         self.next_position = v.sum(dim=1, keepdim=True)
         return self.model.forward_cached(self.tokens[:, lo:hi], self.cache, positions, mask)
 
+    def room(self) -> int:
+        """Tokens that fit in the cache before the window must slide."""
+        return self.cache.max_len - self.cache.length
+
+    def extend(self, new: torch.Tensor) -> torch.Tensor:
+        """Append several tokens (T,) to the one unpadded row at once; the logits (T, vocab) after each of
+        them. Needs room() >= T."""
+        cur, T = self.end, new.numel()
+        self.tokens[0, cur : cur + T] = new
+        self.end = cur + T
+        return self.model.lm_head(self.model.hidden_states(self.tokens[:, cur : cur + T], self.cache))[0]
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n tokens (drafts that were not accepted): their cache entries are overwritten next."""
+        self.end -= n
+        self.cache.length -= n
+
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Append one token per row (B,); the logits (B, vocab) that follow it."""
         cur = self.end
@@ -148,6 +165,65 @@ class Decoder:
         return logits
 
 
+class NgramLookup:
+    """Drafts for prompt-lookup decoding: find the text's last n tokens (n = max_n down to 1) earlier in the
+    text and propose the tokens that followed their most recent occurrence. Text repeats itself (names, code,
+    quotations of the prompt, and GPT-2's own loops), and checking k drafts costs one forward pass of k + 1
+    rows, which reads the weights once, as one token does."""
+
+    def __init__(self, ids: Sequence[int], max_n: int = 3) -> None:
+        self.ids: list[int] = []
+        self.max_n = max_n
+        self.followed: dict[tuple[int, ...], int] = {}  # n-gram -> index of what followed its latest occurrence
+        for token in ids:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        ids = self.ids
+        for n in range(1, min(self.max_n, len(ids)) + 1):
+            self.followed[tuple(ids[-n:])] = len(ids)
+        ids.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        ids = self.ids
+        for n in range(min(self.max_n, len(ids)), 0, -1):
+            at = self.followed.get(tuple(ids[-n:]))
+            if at is not None:  # what followed; past the end of the text, the loop it found goes on
+                period = len(ids) - at
+                return [ids[at + i % period] for i in range(k)]
+        return []
+
+
+def verify(
+    logits: torch.Tensor,
+    draft: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> int:
+    """The token that follows logits (V,) when `draft` was proposed: the draft itself if accepted, else a
+    replacement. Greedy accepts exactly the argmax. Sampling accepts with probability p(draft) and otherwise
+    draws from p without the draft, so each token has exactly the distribution sample_next gives it
+    (speculative sampling with a draft distribution that is certain of its token)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    scaled = logits.float()[None] / temperature
+    if top_k is None and (top_p is None or top_p >= 1.0):
+        values, indices = scaled, None
+    else:
+        values, indices = candidates(scaled, top_k, top_p)
+    probs = torch.softmax(values[0], dim=-1)
+    where = draft if indices is None else (indices[0] == draft).nonzero()
+    p_draft = float(probs[where].sum()) if indices is None or where.numel() else 0.0
+    if float(torch.rand((), generator=generator, device=probs.device)) < p_draft:
+        return draft
+    if p_draft > 0:
+        probs[where] = 0.0
+    choice = int(torch.multinomial(probs, 1, generator=generator))
+    return choice if indices is None else int(indices[0, choice])
+
+
 @torch.inference_mode()  # torch switches the mode around each resumption of a generator, not across yields
 def iter_tokens(
     model: GPT,
@@ -158,21 +234,54 @@ def iter_tokens(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    lookahead: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every prompt, (B,) per step, max_new_tokens times (stop early by breaking)."""
+    """Yield the next token of every prompt, (B,) per step, max_new_tokens times (stop early by breaking).
+
+    lookahead=k > 0 (one prompt only) checks up to k drafted tokens per forward pass (see NgramLookup): the same
+    tokens as without it when greedy, the same distribution (not the same draws of a seed) when sampling.
+    """
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise GPT2Error(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if lookahead < 0 or (lookahead and len(prompts) != 1):
+        raise GPT2Error(f"lookahead must be >= 0 and needs a single prompt, got {lookahead} for {len(prompts)}")
     decoder = Decoder(model, prompts, max_new_tokens)
     if max_new_tokens == 0:
         return
     generator = None if seed is None else torch.Generator(device=decoder.device).manual_seed(seed)
-    logits = decoder.prefill()
-    for step in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
+    token = sample_next(decoder.prefill(), temperature, top_k, top_p, generator)
+    lookup = NgramLookup(decoder.tokens[0, : decoder.end].tolist()) if lookahead else None
+    produced = 0
+    while True:
         yield token
-        if step < max_new_tokens - 1:
-            logits = decoder.step(token)
+        produced += 1
+        if produced == max_new_tokens:
+            return
+        room = min(lookahead, max_new_tokens - produced, decoder.room() - 1)  # fed: the token and the drafts
+        drafts = lookup.draft(room) if lookup is not None and room > 0 else []
+        if not drafts:
+            if lookup is not None:
+                lookup.append(int(token))
+            token = sample_next(decoder.step(token), temperature, top_k, top_p, generator)
+            continue
+        lookup.append(int(token))
+        fed = torch.tensor([int(token), *drafts], device=decoder.device)
+        logits = decoder.extend(fed)  # row j: what follows the token and the first j drafts
+        accepted = 0
+        for j, draft in enumerate(drafts):
+            token = torch.tensor([verify(logits[j], draft, temperature, top_k, top_p, generator)], device=fed.device)
+            if int(token) != draft:
+                break
+            yield token
+            produced += 1
+            accepted += 1
+            lookup.append(draft)
+            if produced == max_new_tokens:
+                return
+        else:  # every draft accepted: the last row gives one more token
+            token = sample_next(logits[-1:], temperature, top_k, top_p, generator)
+        decoder.rollback(len(drafts) - accepted)
 
 
 def generate_ids(
@@ -184,11 +293,11 @@ def generate_ids(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    lookahead: int = 0,
 ) -> torch.Tensor:
     """idx (B, T) continued by max_new_tokens tokens -> (B, T + max_new_tokens); see GPT.generate."""
-    steps = iter_tokens(
-        model, idx.tolist(), max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-    )
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
+    steps = iter_tokens(model, idx.tolist(), max_new_tokens, **options)
     new = [token.to(idx.device) for token in steps]  # joined outside inference mode: an ordinary tensor
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
@@ -267,18 +376,21 @@ def generate(
     num_samples: int = 1,
     stop: Sequence[str] = (),
     stop_at_eot: bool = True,
+    lookahead: int = 0,
 ) -> list[str] | list[list[str]]:
     """Continue a prompt (num_samples completions, a list of str) or a list of prompts (one list each).
 
     The completions exclude the prompt and end at max_new_tokens, at <|endoftext|> (unless stop_at_eot is
-    False) or before the first stop string. All rows are decoded together as one padded batch.
+    False) or before the first stop string. All rows are decoded together as one padded batch; lookahead
+    (prompt-lookup drafts, see iter_tokens) needs a single row.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if num_samples < 1:
         raise GPT2Error(f"num_samples must be >= 1, got {num_samples}")
     ids = [encode_prompt(tokenizer, p) for p in prompts for _ in range(num_samples)]
     rows = [Completion(tokenizer, stop, stop_at_eot) for _ in ids]
-    steps = iter_tokens(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
+    steps = iter_tokens(model, ids, max_new_tokens, **options)
     for tokens in steps:
         for row, token in zip(rows, tokens.tolist(), strict=True):
             if not row.done:
@@ -304,18 +416,12 @@ def generate_stream(
     seed: int | None = None,
     stop: Sequence[str] = (),
     stop_at_eot: bool = True,
+    lookahead: int = 0,
 ) -> Iterator[str]:
     """Like generate for one prompt and one sample, yielding pieces of text as soon as they are final."""
     row = Completion(tokenizer, stop, stop_at_eot)
-    steps = iter_tokens(
-        model,
-        [encode_prompt(tokenizer, prompt)],
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-    )
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
+    steps = iter_tokens(model, [encode_prompt(tokenizer, prompt)], max_new_tokens, **options)
     for tokens in steps:
         if piece := row.add(int(tokens[0])):
             yield piece
@@ -377,6 +483,13 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--num-samples", type=int, default=1, help="completions of the prompt (1)")
     parser.add_argument("--stop", action="append", default=[], help="end a completion before this text (repeatable)")
     parser.add_argument("--stream", action="store_true", help="print text as it is sampled (samples one by one)")
+    parser.add_argument(
+        "--lookahead",
+        type=int,
+        default=0,
+        help="check up to K tokens copied from earlier in the text per forward pass: same output (greedy) or same "
+        "distribution (sampling), faster on repetitive text; one sample at a time (0: off)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (GPU if present)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: float32 on CPU, else bf16")
     args = parser.parse_args(argv)
@@ -406,18 +519,25 @@ def cli(argv: list[str]) -> None:
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
         )
     prompt = read_prompt(args.prompt)  # after loading, so that a bad --model fails before anyone types a prompt
+    if args.lookahead < 0:
+        raise GPT2Error(f"--lookahead must be >= 0, got {args.lookahead}")
     options: dict[str, Any] = dict(
         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop=args.stop
     )
+    if args.lookahead:
+        options["lookahead"] = args.lookahead
     n = args.num_samples
-    if args.stream:
+    if args.stream or args.lookahead:  # samples one by one (lookahead decodes a single row)
         for i in range(n):
             header(i, n)
             print(prompt, end="", flush=True)
             seed = None if args.seed is None else args.seed + i
-            for piece in generate_stream(model, tokenizer, prompt, args.max_new_tokens, seed=seed, **options):
-                print(piece, end="", flush=True)
-            print(flush=True)
+            if args.stream:
+                for piece in generate_stream(model, tokenizer, prompt, args.max_new_tokens, seed=seed, **options):
+                    print(piece, end="", flush=True)
+                print(flush=True)
+            else:
+                print(generate(model, tokenizer, prompt, args.max_new_tokens, seed=seed, **options)[0], flush=True)
         return
     texts = generate(model, tokenizer, prompt, args.max_new_tokens, seed=args.seed, num_samples=n, **options)
     for i, text in enumerate(texts):

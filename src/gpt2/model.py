@@ -271,14 +271,17 @@ class GPT(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        lookahead: int = 0,
     ) -> torch.Tensor:
         """Continue each row of idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
 
-        temperature=0 is greedy decoding. See gpt2.generate for text, streaming, padding and stop strings.
+        temperature=0 is greedy decoding; lookahead=k (one row) checks k tokens drafted from earlier in the
+        text per forward pass. See gpt2.generate for text, streaming, padding and stop strings.
         """
         from gpt2.generate import generate_ids
 
-        return generate_ids(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
+        return generate_ids(self, idx, max_new_tokens, **options)
 
     @classmethod
     def from_pretrained(
