@@ -229,12 +229,14 @@ def test_ngram_lookup_drafts_what_followed_the_latest_occurrence() -> None:
     lookup = gen.NgramLookup([1, 2, 3, 9, 1, 2, 3, 4, 5, 0, 2, 3])
     assert lookup.draft(3) == [4, 5, 0]  # "2 3" last occurred before 4 (a 3-gram "0 2 3" never did)
     lookup.append(7)
-    assert lookup.draft(2) == []  # 7 never occurred before
+    assert lookup.draft(2) == []  # "3 7" never occurred before
     lookup.append(1)
-    assert lookup.draft(5) == [2, 3, 4, 5, 0]  # "7 1" no, "1" yes: its latest occurrence
-    assert lookup.draft(12) == [2, 3, 4, 5, 0, 2, 3, 7, 1, 2, 3, 4]  # past the end: the loop "2 ... 1" again
+    assert lookup.draft(2) == []  # nor "7 1"; one token ("1") is too little to go on by default
+    one = gen.NgramLookup(lookup.ids, min_n=1)
+    assert one.draft(5) == [2, 3, 4, 5, 0]  # the latest occurrence of "1"
+    assert one.draft(12) == [2, 3, 4, 5, 0, 2, 3, 7, 1, 2, 3, 4]  # past the end: the loop "2 ... 1" again
     assert gen.NgramLookup([5]).draft(4) == []
-    assert gen.NgramLookup([8, 8]).draft(3) == [8, 8, 8]
+    assert gen.NgramLookup([8, 8, 8]).draft(3) == [8, 8, 8]
 
 
 @pytest.mark.parametrize("lookahead", [1, 3, 8])
@@ -259,6 +261,25 @@ def test_lookahead_checks_several_drafts_per_forward_pass(pair) -> None:
         gen.Decoder.extend = original
     assert calls and max(calls) == 5  # the last token and 4 drafts at once
     assert torch.equal(out, ours.generate(torch.tensor([[4, 5, 6] * 3]), 20, temperature=0))
+
+
+def test_lookahead_on_a_loop_needs_a_pass_per_lookahead_plus_one_tokens(pair, monkeypatch) -> None:
+    """A text that loops (as the scripted choices below do) is drafted right after one period: each forward
+    pass then yields lookahead + 1 tokens."""
+    ours, _ = pair
+    loop = [11, 12, 13, 14, 15, 16, 17]
+    script = iter(loop * 20)  # each sampling decision settles the next position, in order
+    monkeypatch.setattr(gen, "sample_next", lambda *a, **k: torch.tensor([next(script)]))
+    monkeypatch.setattr(gen, "verify", lambda *a, **k: next(script))
+    passes = []
+    for name in ("step", "extend"):
+        original = getattr(gen.Decoder, name)
+        monkeypatch.setattr(gen.Decoder, name, lambda self, t, f=original: passes.append(1) or f(self, t))
+    out = list(gen.iter_tokens(ours, [[1, 2]], 28, lookahead=4))  # 30 tokens: within the context of 32
+    assert [int(t) for t in out] == (loop * 4)[:28]
+    # passes to find tokens 2-9 one by one (the first period, then the loop's first two tokens again: a 2-gram
+    # seen before), then 5 tokens a pass for the other 19
+    assert len(passes) == 8 + -(-19 // 5)
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.5, 3, None), (1.0, None, 0.7)])
