@@ -101,9 +101,11 @@ inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, i
 
 template <int M, typename W>
 void gemv_rows(const W* w, const float* xs, const float* x, const float* b, float* y, int64_t in, int64_t out) {
-  // M * R accumulators and the inputs (M, or 2M for bfloat16) must fit in the 32 vector registers
+  // R weight rows at a time: more rows in flight read memory faster (8 rather than 4: +8% for one input row,
+  // measured on GPT-2's matrices; 12 is slower again), as long as the M * R accumulators and the inputs (M, or
+  // 2M for bfloat16) fit in the 32 vector registers.
   constexpr bool bf16 = std::is_same_v<W, c10::BFloat16>;
-  constexpr int R = M <= 2 ? 4 : M <= 4 ? (bf16 ? 2 : 4) : (bf16 ? 1 : 2);
+  constexpr int R = bf16 ? (M <= 2 ? 8 : M <= 4 ? 2 : 1) : (M <= 3 ? 8 : M <= 6 ? 4 : 2);
   at::parallel_for(0, (out + R - 1) / R, 16, [&](int64_t g0, int64_t g1) {
     for (int64_t o = g0 * R; o < std::min(g1 * R, out);) {
       if (o + R <= out) {
