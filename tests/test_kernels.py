@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +123,28 @@ def test_a_failed_build_warns_once_and_decoding_goes_on(monkeypatch) -> None:
         assert kernels.gemv_kernel() is None
     model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=500, n_positions=64)).eval()
     assert model.generate(torch.zeros(1, 3, dtype=torch.long), 4, temperature=0).shape == (1, 7)  # no second warning
+
+
+def test_a_stale_build_lock_is_cleared_and_a_live_one_kept(monkeypatch, tmp_path) -> None:
+    """A build killed outright leaves torch's lock file, on which every later build would wait forever."""
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    seen = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.append(Path(kw["build_directory"])))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = f"gpt2_gemv_{kernels._cpu_fingerprint()}"
+    lock = tmp_path / name / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    with warnings.catch_warnings():  # the fake build registers no op; what matters here is the lock
+        warnings.simplefilter("ignore")
+        kernels._build()  # a lock as young as a build in progress stays
+        assert seen == [lock.parent] and lock.exists()
+        old = time.time() - kernels.STALE_LOCK_SECONDS - 1
+        os.utime(lock, (old, old))
+        kernels._build()
+    assert not lock.exists()

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ MAX_ROWS = 8  # the kernel's limit; more rows are a real matmul, where torch's k
 # instructions, which win once a few rows share each weight.
 FAST_ROWS = {torch.float32: MAX_ROWS, torch.bfloat16: 2}
 SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
+STALE_LOCK_SECONDS = 300
 _lock = threading.Lock()
 _gemv: Callable[..., torch.Tensor] | None = None
 _tried = False
@@ -57,11 +59,21 @@ def _build() -> Callable[..., torch.Tensor] | None:
     try:
         from torch.utils import cpp_extension
 
+        name = f"gpt2_gemv_{_cpu_fingerprint()}"
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+        build_dir = Path(root) / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        # torch's builder waits, without limit, for the lock file of a build in progress; a build killed
+        # outright (SIGKILL, power loss) leaves it behind and every later run would hang. A build takes ~10 s.
+        lock = build_dir / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink(missing_ok=True)
         cpp_extension.load(
-            name=f"gpt2_gemv_{_cpu_fingerprint()}",
+            name=name,
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-fopenmp", *arch],  # OpenMP: the threads of torch's own parallel_for
             extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
             is_python_module=False,
         )
         return torch.ops.gpt2_kernels.gemv
@@ -69,7 +81,7 @@ def _build() -> Callable[..., torch.Tensor] | None:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         warnings.warn(
             f"gpt2: the fast CPU decoding kernel could not be built ({reason[:200]}); using torch's matmul, "
-            "about half as fast for batch-1 float32 decoding. Set GPT2_CPU_KERNELS=0 to skip the attempt.",
+            "2-3x slower for batch-1 float32 decoding. Set GPT2_CPU_KERNELS=0 to skip the attempt.",
             RuntimeWarning,
             stacklevel=3,
         )
