@@ -8,8 +8,9 @@ median of each repeat's ratio. Decoding one token reads every weight once, so me
 each repeat also measures the bandwidth, which neighbours on a shared machine move by tens of percent, and the
 script prints that ceiling and the GB/s each decoder reaches (weight bytes x tokens/s). Weights larger than the
 last-level cache are the honest case (GPT-2 small in float32 is 500 MB); a bfloat16 copy may partly fit in a
-large L3, so its ceiling is only a guide. With --lookahead, a forward pass can yield several tokens, so its "GB/s of weights"
-(one read of the weights counted per token) may pass the ceiling: that is what drafting is for.
+large L3, so its ceiling is only a guide. With --lookahead, a forward pass can yield several tokens, so its
+"GB/s of weights" (one read of the weights counted per token) may pass the ceiling: that is what drafting is
+for.
 
     python benchmarks/bench_generate.py                       # the figures
     python benchmarks/bench_generate.py --repeats 9 --dtypes float32 --threads 2
