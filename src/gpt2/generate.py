@@ -71,12 +71,21 @@ def sample_next(
     temperature-scaled distribution restricted to candidates(top_k, top_p)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    probs, indices = distribution(logits, temperature, top_k, top_p)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return (choice if indices is None else indices.gather(-1, choice)).squeeze(-1)
+
+
+def distribution(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What sampling draws from, per row of logits (B, V), temperature > 0: probabilities, and the token ids
+    they belong to (candidates' order), or None when they cover the whole vocabulary in id order."""
     logits = logits.float() / temperature
     if top_k is None and (top_p is None or top_p >= 1.0):
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+        return torch.softmax(logits, dim=-1), None
     values, indices = candidates(logits, top_k, top_p)
-    choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)
-    return indices.gather(-1, choice).squeeze(-1)
+    return torch.softmax(values, dim=-1), indices
 
 
 class Decoder:
@@ -210,20 +219,20 @@ def verify(
     (speculative sampling with a draft distribution that is certain of its token)."""
     if temperature == 0:
         return int(logits.argmax())
-    scaled = logits.float()[None] / temperature
-    if top_k is None and (top_p is None or top_p >= 1.0):
-        values, indices = scaled, None
-    else:
-        values, indices = candidates(scaled, top_k, top_p)
-    probs = torch.softmax(values[0], dim=-1)
-    where = draft if indices is None else (indices[0] == draft).nonzero()
-    p_draft = float(probs[where].sum()) if indices is None or where.numel() else 0.0
+    probs, indices = distribution(logits[None], temperature, top_k, top_p)
+    probs, ids = probs[0], None if indices is None else indices[0]
+    if ids is None:
+        where: int | None = draft
+    else:  # the draft's place among the candidates, if it is one
+        hit = (ids == draft).nonzero()
+        where = int(hit[0, 0]) if hit.numel() else None
+    p_draft = 0.0 if where is None else float(probs[where])
     if float(torch.rand((), generator=generator, device=probs.device)) < p_draft:
         return draft
-    if p_draft > 0:
+    if where is not None:
         probs[where] = 0.0
     choice = int(torch.multinomial(probs, 1, generator=generator))
-    return choice if indices is None else int(indices[0, choice])
+    return choice if ids is None else int(ids[choice])
 
 
 @torch.inference_mode()  # torch switches the mode around each resumption of a generator, not across yields
@@ -272,8 +281,9 @@ def iter_tokens(
         logits = decoder.extend(fed)  # row j: what follows the token and the first j drafts
         accepted = 0
         for j, draft in enumerate(drafts):
-            token = torch.tensor([verify(logits[j], draft, temperature, top_k, top_p, generator)], device=fed.device)
-            if int(token) != draft:
+            chosen = verify(logits[j], draft, temperature, top_k, top_p, generator)
+            token = torch.tensor([chosen], device=fed.device)
+            if chosen != draft:
                 break
             yield token
             produced += 1
@@ -501,6 +511,8 @@ def cli(argv: list[str]) -> None:
         raise GPT2Error(f"--top-k must be >= 0 (0 means no limit), got {args.top_k}")
     if args.num_samples < 1:
         raise GPT2Error(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.lookahead < 0:
+        raise GPT2Error(f"--lookahead must be >= 0, got {args.lookahead}")
     check_sampling(args.temperature, args.top_k or None, args.top_p)
 
     from gpt2.checkpoint import resolve
@@ -521,13 +533,13 @@ def cli(argv: list[str]) -> None:
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
         )
     prompt = read_prompt(args.prompt)  # after loading, so that a bad --model fails before anyone types a prompt
-    if args.lookahead < 0:
-        raise GPT2Error(f"--lookahead must be >= 0, got {args.lookahead}")
     options: dict[str, Any] = dict(
-        temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop=args.stop
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        stop=args.stop,
+        lookahead=args.lookahead,
     )
-    if args.lookahead:
-        options["lookahead"] = args.lookahead
     n = args.num_samples
     if args.stream or args.lookahead:  # samples one by one (lookahead decodes a single row)
         for i in range(n):
