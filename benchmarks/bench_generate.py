@@ -27,6 +27,7 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 
 from gpt2 import GPT, GPTConfig, kernels
 
@@ -39,18 +40,12 @@ def tokens_per_second(run, new_tokens: int) -> tuple[float, torch.Tensor]:
     return new_tokens / (time.perf_counter() - start), out
 
 
-def read_bandwidth_gbs(matrix: torch.Tensor) -> float:
-    """How fast this process streams memory right now: one torch.sum over a matrix larger than the caches.
-    Neighbours on a shared machine move it by tens of percent between minutes, so each repeat measures it."""
+def read_gbs(run, matrix: torch.Tensor) -> float:
+    """GB/s at which run() reads a matrix larger than the caches: torch.sum for how fast this process streams
+    memory right now, F.linear for torch's own one-row matmul (what decoding does without gpt2.kernels).
+    Neighbours on a shared machine move the first by tens of percent between minutes, so each repeat measures."""
     start = time.perf_counter()
-    matrix.sum()
-    return matrix.numel() * matrix.element_size() / (time.perf_counter() - start) / 1e9
-
-
-def gemv_bandwidth_gbs(matrix: torch.Tensor, vector: torch.Tensor) -> float:
-    """The same for torch's own one-row matmul (F.linear, what decoding does without gpt2.kernels)."""
-    start = time.perf_counter()
-    torch.nn.functional.linear(vector, matrix)
+    run()
     return matrix.numel() * matrix.element_size() / (time.perf_counter() - start) / 1e9
 
 
@@ -137,8 +132,8 @@ def main() -> None:
         bandwidth: dict[str, list[float]] = {"memory": [], "torch GEMV": []}
         outputs: dict[str, torch.Tensor] = {}
         for _ in range(args.repeats):
-            bandwidth["memory"].append(read_bandwidth_gbs(big_matrix))
-            bandwidth["torch GEMV"].append(gemv_bandwidth_gbs(big_matrix, big_vector))
+            bandwidth["memory"].append(read_gbs(big_matrix.sum, big_matrix))
+            bandwidth["torch GEMV"].append(read_gbs(lambda: F.linear(big_vector, big_matrix), big_matrix))
             for key, run in runs.items():
                 rate, outputs[key] = tokens_per_second(run, n_new)
                 rates[key].append(rate)

@@ -6,8 +6,8 @@ a plain streaming loop reaches ~40-45; csrc/gemv.cpp is that loop (benchmarks/be
 `linear` sends the few-row, no-grad CPU products of decoding there and everything else to torch.
 
 The kernel is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
-and cached under ~/.cache/torch_extensions. Where that is not possible (no compiler, not Linux) decoding uses
-torch's matmul, after one warning. GPT2_CPU_KERNELS=0 turns the kernel off.
+and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). Where that is not possible (no
+compiler, not Linux) decoding uses torch's matmul, after one warning. GPT2_CPU_KERNELS=0 turns the kernel off.
 """
 
 from __future__ import annotations
@@ -118,12 +118,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.device.type == "cpu"
         and x.dtype in FAST_ROWS
         and weight.dtype == x.dtype
-        and x.numel() <= FAST_ROWS[x.dtype] * weight.shape[1]
+        and 0 < x.numel() <= FAST_ROWS[x.dtype] * weight.shape[1]
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.compiler.is_compiling()
     ):
         gemv = gemv_kernel()
-        if gemv is not None and x.numel() > 0:
+        if gemv is not None:
             return gemv(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -95,8 +95,8 @@ class KVCache:
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose decoding-sized products (a few rows, float32, CPU, no grad) run on gpt2.kernels' GEMV,
-    which reads the weights at about twice the bandwidth of torch's; the rest is torch's as usual."""
+    """nn.Linear whose decoding-sized products (a few rows of float32 or bfloat16, CPU, no grad) run on
+    gpt2.kernels' GEMV, which reads the weights at about twice the bandwidth of torch's; the rest is torch's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.linear(x, self.weight, self.bias)
