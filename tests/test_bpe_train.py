@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tokenizer import tiktoken_gpt2
 
+import gpt2.io
 from gpt2 import bpe_train
 from gpt2.bpe_train import Corpus, count_corpus, count_words, cut_chunks, learn_merges, train_bpe
 from gpt2.errors import GPT2Error
@@ -108,10 +109,10 @@ def test_counting_in_parallel_and_in_pieces_equals_whole_text(real_text: str, tm
     expected = count_words([text])
     assert sum(expected.values()) == len(pieces(text))
     (tmp_path / "a.txt").write_text(text, "utf-8")
-    monkeypatch.setattr(bpe_train, "READ_BYTES", 1021)  # many reads end inside multi-byte characters
+    monkeypatch.setattr(gpt2.io, "PIECE_BYTES", 1021)  # many reads end inside multi-byte characters
     corpus = Corpus([tmp_path / "a.txt"])
     assert count_corpus(corpus, workers=2, progress=False, size=30_000) == expected
-    assert corpus.invalid_bytes == 0
+    assert corpus.reader.invalid_bytes == 0
     assert count_corpus(Corpus([text]), workers=1, progress=False, size=7_000) == expected
 
 
@@ -197,13 +198,15 @@ def test_binary_and_invalid_utf8(tmp_path: Path, shared_data: Path) -> None:
     with pytest.raises(GPT2Error, match=r"image.txt: looks like a binary file \(a NUL byte at offset 8\)"):
         train_bpe([tmp_path / "image.txt"], 260)
     (tmp_path / "latin1.txt").write_bytes("café naïve déjà vu café".encode("latin-1"))
-    with pytest.warns(UserWarning, match=r"invalid UTF-8 in 5 bytes \(in .*latin1.txt\) was replaced with U\+FFFD"):
+    with pytest.warns(
+        UserWarning, match=r"invalid UTF-8 in 5 bytes of 1 document \(in .*latin1.txt\) was replaced with U\+FFFD"
+    ):
         tok = train_bpe([tmp_path / "latin1.txt"], 260)
     assert (b"\xef\xbf", b"\xbd") in tok.merges or (b"\xbf", b"\xbd") in tok.merges  # U+FFFD, learned from
     (tmp_path / "docs.jsonl").write_bytes(b'{"body": "caf\xe9", "text": "x"}\n{"body": "good"}\n')
     with pytest.raises(GPT2Error, match=r"docs.jsonl:2: no string field 'text'"):
         train_bpe([tmp_path / "docs.jsonl"], 258)
-    with pytest.warns(UserWarning, match=r"invalid UTF-8 in 1 records \(in .*docs.jsonl\)"):
+    with pytest.warns(UserWarning, match=r"invalid UTF-8 in 1 byte of 1 document \(in .*docs.jsonl\)"):
         assert train_bpe([tmp_path / "docs.jsonl"], 258, text_field="body").vocab_size == 258
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean UTF-8 file gives no warning

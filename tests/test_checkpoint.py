@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt2 import GPT, GPT2Error, GPTConfig
-from gpt2.checkpoint import atomic_write
 from gpt2.hub import download, sha256_file
 
 transformers = pytest.importorskip("transformers")
@@ -198,17 +197,6 @@ def test_offline_official_name_is_one_clear_sentence(tmp_path: Path, monkeypatch
 
 
 # ------------------------------------------------------------------------------------------------ files
-def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "f.json"
-    atomic_write(path, b"old")
-    atomic_write(path, b"new")
-    assert path.read_bytes() == b"new"
-    with pytest.raises(TypeError):
-        atomic_write(path, "not bytes")  # type: ignore[arg-type]
-    assert path.read_bytes() == b"new"
-    assert [p.name for p in path.parent.iterdir()] == ["f.json"]
-
-
 def test_download_verifies_the_checksum_and_caches(tmp_path: Path) -> None:
     source = tmp_path / "source.bin"
     source.write_bytes(b"weights" * 1000)
@@ -222,3 +210,41 @@ def test_download_verifies_the_checksum_and_caches(tmp_path: Path) -> None:
     assert download(source.as_uri(), dest, sha256=good) == dest
     with pytest.raises(GPT2Error, match="could not download .*; fetch it by hand and put it at"):
         download(source.as_uri(), tmp_path / "other.bin")
+
+
+# ------------------------------------------------------------------------------------------------ training runs
+def test_training_checkpoints_restore_everything_and_keep_the_last_and_the_best(tmp_path: Path) -> None:
+    from gpt2.checkpoint import TrainingProgress, checkpoint_dirs, load_training_checkpoint, save_training_checkpoint
+
+    def run() -> tuple[GPT, torch.optim.Optimizer]:
+        model = ours_tiny()
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    model, optimizer = run()
+    idx = torch.randint(0, TINY["vocab_size"], (2, 8))
+    for step in range(1, 5):  # four steps, a checkpoint after each; step 2 has the best val loss
+        model(idx, idx)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        progress = TrainingProgress(
+            step, step * 16, best_val=1.0 if step >= 2 else 2.0, best_step=2 if step >= 2 else 1
+        )
+        save_training_checkpoint(tmp_path, model, optimizer, progress, {"epoch": 0, "cursor": step}, keep_last=1)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000002", "step_0000004"]
+    assert GPT.from_pretrained(tmp_path / "model").state_dict().keys() == model.state_dict().keys()
+    expected_draw = torch.rand(3)  # the RNG state saved with step 4 is the one before this draw
+
+    fresh, fresh_optimizer = run()
+    torch.manual_seed(123)
+    got, loader = load_training_checkpoint(tmp_path, fresh, fresh_optimizer)
+    assert got == progress and loader == {"epoch": 0, "cursor": 4}
+    assert torch.equal(torch.rand(3), expected_draw)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    state, restored = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert all(torch.equal(state[k]["exp_avg"], restored[k]["exp_avg"]) for k in state)
+    (checkpoint_dirs(tmp_path)[-1] / "training_state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GPT2Error, match="training_state.pt: cannot be read"):
+        load_training_checkpoint(tmp_path, fresh, fresh_optimizer)
+    with pytest.raises(GPT2Error, match="no checkpoint to resume from"):
+        load_training_checkpoint(tmp_path / "elsewhere", fresh, fresh_optimizer)

@@ -122,7 +122,10 @@ def test_stop_and_dtype_options(capsys, model_dir: Path) -> None:
         (["--model", "{model}", "--prompt", "x", "--top-p", "2"], "error: top_p must be in (0, 1], got 2.0"),
         (["--model", "{model}", "--prompt", "x", "--temperature", "-1"], "error: temperature must be >= 0"),
         (["--model", "{model}", "--prompt", "x", "--num-samples", "0"], "error: --num-samples must be >= 1, got 0"),
-        (["--model", "{model}", "--prompt", "x", "--device", "toaster"], "error: --device 'toaster' is not a device"),
+        (
+            ["--model", "{model}", "--prompt", "x", "--device", "toaster"],
+            "error: device 'toaster' is not a device name",
+        ),
         (["--model", "{bare}", "--prompt", "x"], "error: {bare}: holds neither encoder.json + vocab.bpe nor"),
     ],
 )
@@ -144,3 +147,18 @@ def test_tokenizer_larger_than_the_model_is_refused(capsys, tmp_path: Path, mode
         (tmp_path / name).write_bytes((model_dir / name).read_bytes())
     code, _, err = run(capsys, ["generate", "--model", str(tmp_path), "--prompt", "x"])
     assert code == 1 and "the tokenizer has 50257 tokens but the model only 1000" in err
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_option_of_every_command_says_what_it_is(name: str) -> None:
+    import argparse
+    import importlib
+
+    parsers = [importlib.import_module(f"gpt2.commands.{COMMANDS[name][0]}").parser()]
+    for p in parsers:  # and the subcommands' own parsers (gpt2 tokenizer train|encode|decode)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += list(action.choices.values())
+            elif not isinstance(action, argparse._HelpAction):
+                words = (action.help or "").replace("(default", "").split()
+                assert len(words) >= 3, f"gpt2 {name}: {action.option_strings or action.dest} has no sentence of help"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpt2.demo import python_docs, run_demo
+from gpt2.commands.demo import run_demo
 from gpt2.model import GPT
+from gpt2.python_docs import python_docs
 
 
 def test_python_docs_is_real_english_documentation() -> None:

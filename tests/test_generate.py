@@ -63,10 +63,10 @@ def test_left_padded_batch_rows_equal_their_unpadded_selves(pair) -> None:
             got = torch.stack([s[row] for s in steps])
             torch.testing.assert_close(got, full[len(prompt) - 1 :], atol=1e-5, rtol=1e-5)
     # and sampling: a batch gives each row what it gives alone
-    batch = gen.generate_ids(ours, torch.tensor([[5, 6, 7, 8]]), 4, temperature=0)
-    texts = list(gen.iter_tokens(ours, [[7, 8], [5, 6, 7, 8]], 4, temperature=0))
+    batch = gen.generate_ids(ours, torch.tensor([[5, 6, 7, 8]]), 4, gen.SamplingOptions(0))
+    texts = list(gen.iter_tokens(ours, [[7, 8], [5, 6, 7, 8]], 4, gen.SamplingOptions(0)))
     assert torch.stack(texts, 1)[1].tolist() == batch[0, 4:].tolist()
-    alone = gen.generate_ids(ours, torch.tensor([[7, 8]]), 4, temperature=0)
+    alone = gen.generate_ids(ours, torch.tensor([[7, 8]]), 4, gen.SamplingOptions(0))
     assert torch.stack(texts, 1)[0].tolist() == alone[0, 2:].tolist()
 
 
@@ -170,10 +170,12 @@ def test_degenerate_settings_are_greedy() -> None:
     torch.manual_seed(5)
     logits = torch.randn(16, 300)
     greedy = logits.argmax(-1)
-    assert torch.equal(gen.sample_next(logits, 0.0), greedy)
-    assert torch.equal(gen.sample_next(logits, 1.0, top_k=1), greedy)
-    assert torch.equal(gen.sample_next(logits, 1.0, top_p=1e-6), greedy)
-    assert torch.equal(gen.sample_next(logits, 1e-3), greedy)  # a tiny temperature sharpens onto the argmax
+    assert torch.equal(gen.sample_next(logits, gen.SamplingOptions(0.0)), greedy)
+    assert torch.equal(gen.sample_next(logits, gen.SamplingOptions(1.0, top_k=1)), greedy)
+    assert torch.equal(gen.sample_next(logits, gen.SamplingOptions(1.0, top_p=1e-6)), greedy)
+    assert torch.equal(
+        gen.sample_next(logits, gen.SamplingOptions(1e-3)), greedy
+    )  # a tiny temperature sharpens onto the argmax
 
 
 @pytest.mark.parametrize(
@@ -192,7 +194,7 @@ def test_sampling_frequencies(temperature: float, top_k: int | None, top_p: floa
         expected = probs.pow(1 / temperature) / probs.pow(1 / temperature).sum()
     n = 40_000
     logits = probs.log().expand(n, 4)
-    draws = gen.sample_next(logits, temperature, top_k, top_p, torch.Generator().manual_seed(0))
+    draws = gen.sample_next(logits, gen.SamplingOptions(temperature, top_k, top_p), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).double() / n
     torch.testing.assert_close(freq, torch.as_tensor(expected, dtype=torch.double), atol=0.01, rtol=0)
 
@@ -275,7 +277,9 @@ def test_lookahead_on_a_loop_needs_a_pass_per_lookahead_plus_one_tokens(pair, mo
     for name in ("step", "extend"):
         original = getattr(gen.Decoder, name)
         monkeypatch.setattr(gen.Decoder, name, lambda self, t, f=original: passes.append(1) or f(self, t))
-    out = list(gen.iter_tokens(ours, [[1, 2]], 28, lookahead=4))  # 30 tokens: within the context of 32
+    out = list(
+        gen.iter_tokens(ours, [[1, 2]], 28, gen.SamplingOptions(lookahead=4))
+    )  # 30 tokens: within the context of 32
     assert [int(t) for t in out] == (loop * 4)[:28]
     # passes to find tokens 2-9 one by one (the first period, then the loop's first two tokens again: a 2-gram
     # seen before), then 5 tokens a pass for the other 19
@@ -287,8 +291,9 @@ def test_lookahead_on_a_loop_needs_a_pass_per_lookahead_plus_one_tokens(pair, mo
 def test_verify_keeps_the_sampling_distribution(temperature, top_k, top_p, draft) -> None:
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     g, n = torch.Generator().manual_seed(draft), 20_000
-    got = torch.tensor([gen.verify(logits, draft, temperature, top_k, top_p, g) for _ in range(n)])
-    expected = gen.sample_next(logits.expand(200_000, 5), temperature, top_k, top_p, torch.Generator().manual_seed(1))
+    options = gen.SamplingOptions(temperature, top_k, top_p)
+    got = torch.tensor([gen.verify(logits, draft, options, g) for _ in range(n)])
+    expected = gen.sample_next(logits.expand(200_000, 5), options, torch.Generator().manual_seed(1))
     freq = torch.bincount(got, minlength=5).double() / n
     torch.testing.assert_close(freq, torch.bincount(expected, minlength=5).double() / 200_000, atol=0.012, rtol=0)
 
@@ -305,6 +310,25 @@ def test_lookahead_sampling_repeats_with_a_seed_and_needs_one_row(pair) -> None:
         ours.generate(idx, 3, lookahead=-1)
 
 
+def test_sampling_options_check_their_values_and_keywords_still_work(pair) -> None:
+    ours, _ = pair
+    for bad, message in [
+        (dict(temperature=-1), "temperature must be >= 0"),
+        (dict(top_k=0), "top_k must be >= 1"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(lookahead=-2), "lookahead must be >= 0"),
+    ]:
+        with pytest.raises(GPT2Error, match=message):
+            gen.SamplingOptions(**bad)
+    idx = torch.tensor([[3, 4, 5]])
+    options = gen.SamplingOptions(temperature=0.7, top_k=5, top_p=0.9, seed=11)
+    # GPT.generate's keywords and one SamplingOptions are the same request
+    assert torch.equal(
+        ours.generate(idx, 6, temperature=0.7, top_k=5, top_p=0.9, seed=11), gen.generate_ids(ours, idx, 6, options)
+    )
+    assert gen.SamplingOptions(0).greedy and not options.greedy
+
+
 # ------------------------------------------------------------------------------------------------ text
 def feed(tokenizer, ids: list[int], stop=(), stop_at_eot=True) -> tuple[list[str], str]:
     row = gen.Completion(tokenizer, stop, stop_at_eot)
@@ -314,7 +338,7 @@ def feed(tokenizer, ids: list[int], stop=(), stop_at_eot=True) -> tuple[list[str
             break
         pieces.append(row.add(token))
     pieces.append(row.finish())
-    return pieces, row.text
+    return pieces, "".join(pieces)
 
 
 def test_stop_strings_including_one_split_across_tokens(gpt2_tokenizer) -> None:

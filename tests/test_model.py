@@ -129,11 +129,16 @@ def test_dropout_only_in_training() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ KV cache
-def test_incremental_decoding_equals_full_forward() -> None:
+def model_and_logits(rows: int, length: int) -> tuple[GPT, torch.Tensor, torch.Tensor]:
+    """A tiny random model, random token ids (rows, length), and their logits from one full forward pass."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY)).eval()
-    idx = torch.randint(0, TINY["vocab_size"], (2, 20))
-    full = model(idx)
+    idx = torch.randint(0, TINY["vocab_size"], (rows, length))
+    return model, idx, model(idx)
+
+
+def test_incremental_decoding_equals_full_forward() -> None:
+    model, idx, full = model_and_logits(2, 20)
     with torch.inference_mode():
         cache = model.new_cache(2)
         got = [model.forward_cached(idx[:, :5], cache)]  # a prompt at once, then one token per step
@@ -144,6 +149,35 @@ def test_incremental_decoding_equals_full_forward() -> None:
     torch.testing.assert_close(got[-1], full[:, -1], atol=1e-5, rtol=1e-5)
     with pytest.raises(GPT2Error, match="KV cache holds 32 positions; 33 were asked for"):
         model.forward_cached(idx[:, :13], cache)
+
+
+def test_cache_rollback_reset_and_copied_rows_decode_as_the_full_forward() -> None:
+    model, idx, full = model_and_logits(3, 12)
+    with torch.inference_mode():
+        cache = model.new_cache(1)
+        assert cache.room == 32 and cache.causal_mask(4, idx.device) is None  # nothing cached: plain causal
+        model.forward_cached(idx[:1, :6], cache)
+        mask = cache.causal_mask(3, idx.device)  # 3 new positions after 6: each sees the past and itself
+        assert mask.shape == (3, 9) and mask[0].tolist() == [True] * 7 + [False] * 2 and bool(mask[2].all())
+        assert cache.causal_mask(1, idx.device) is None
+        model.forward_cached(torch.tensor([[5, 6, 7]]), cache)  # drafts that were not accepted ...
+        cache.rollback(3)  # ... are forgotten, and the true tokens overwrite them
+        assert cache.length == 6 and cache.room == 26
+        torch.testing.assert_close(model.forward_cached(idx[:1, 6:8], cache), full[:1, 7], atol=1e-5, rtol=1e-5)
+        with pytest.raises(GPT2Error, match="cannot roll back 9 of the 8"):
+            cache.rollback(9)
+        cache.reset()
+        torch.testing.assert_close(model.forward_cached(idx[:1, :4], cache), full[:1, 3], atol=1e-5, rtol=1e-5)
+        # a prefix cached once for two rows, then each continued from copies of the other's row
+        prefix = model.new_cache(2)
+        model.forward_cached(idx[:2, :5], prefix)
+        rows = model.new_cache(3)
+        rows.copy_rows(prefix, torch.tensor([1, 0, 1]))
+        assert rows.length == 5
+        got = model.forward_cached(idx[[1, 0, 1], 5:9], rows)
+        torch.testing.assert_close(got, full[[1, 0, 1], 8], atol=1e-5, rtol=1e-5)
+        with pytest.raises(GPT2Error, match="cannot copy 2 rows"):
+            rows.copy_rows(prefix, torch.tensor([0, 1]))
 
 
 # ------------------------------------------------------------------------------------------------ parity

@@ -19,7 +19,8 @@ from gpt2 import GPT
 from gpt2.data import PrepareConfig, prepare
 from gpt2.errors import GPT2Error
 from gpt2.tokenizer import Tokenizer
-from gpt2.train import TrainConfig, build_model, load_config, lr_at, train
+from gpt2.train import TrainConfig, build_model, lr_at, train
+from gpt2.train_config import load_config
 
 SMALL = dict(
     model="gpt2-tiny",
@@ -112,13 +113,15 @@ def test_training_learns_logs_and_saves_interchangeable_model(data_dir: Path, tm
     assert kept == ["step_0000020", "step_0000040"]
 
 
-def test_resume_after_sigkill_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill_is_bit_identical(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     options = dict(SMALL, data=data_dir, max_steps=24, eval_interval=4, dropout=0.1, keep_last=1)
     train(TrainConfig(**{**options, "data": str(data_dir)}, out=str(tmp_path / "a")), progress=False)
 
+    # started with relative paths in one folder, resumed from another: the run folder stores where its data is
     b = tmp_path / "b"
-    cmd = [sys.executable, "-m", "gpt2", "train", "--quiet", "--out", str(b), *cli_args(options)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    relative = dict(options, data=os.path.relpath(data_dir, tmp_path))
+    cmd = [sys.executable, "-m", "gpt2", "train", "--quiet", "--out", "b", *cli_args(relative)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.time() + 120
     while not (b / "checkpoints" / "step_0000008").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -127,9 +130,12 @@ def test_resume_after_sigkill_is_bit_identical(data_dir: Path, tmp_path: Path) -
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (b / "checkpoints" / "step_0000024").exists()
 
-    from gpt2.train import cli
+    from gpt2.cli import main
 
-    cli(["--resume", str(b), "--quiet"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    main(["train", "--resume", str(b), "--quiet"])
+    assert Path(load_config(str(b / "train_config.toml"), {}).data) == data_dir.resolve()
     wa, wb = weights(tmp_path / "a"), weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     drop = ("tokens_per_s", "mfu")

@@ -24,7 +24,6 @@ import heapq
 import multiprocessing
 import os
 import sys
-import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,11 +31,11 @@ from pathlib import Path
 import regex
 
 from gpt2.errors import GPT2Error
+from gpt2.io import DocumentReader, input_files
 from gpt2.tokenizer import EOT, GPT2_PATTERN, Tokenizer, clean_text, gc_paused
 
 CHUNK_CHARS = 1 << 20  # characters per counting task: large enough that pickling costs little
 MAX_CHUNK_CHARS = 64 << 20  # text with no safe cut this long (one giant token) is cut anyway
-READ_BYTES = 1 << 20
 MAX_VOCAB = 0x110000  # token ids are characters in training, and chr() stops at U+10FFFF
 
 _PATTERN = regex.compile(GPT2_PATTERN)
@@ -66,96 +65,24 @@ def cut_chunks(pieces: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
         yield buf
 
 
-def _utf8_prefix(raw: bytes) -> int:
-    """The length of the longest prefix of `raw` that does not end inside a UTF-8 multi-byte sequence."""
-    for back in range(1, min(4, len(raw)) + 1):
-        byte = raw[-back]
-        if byte < 0x80:
-            return len(raw)
-        if byte >= 0xC0:  # the lead byte of the last sequence: is the sequence complete?
-            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return len(raw) if back >= need else len(raw) - back
-    return len(raw)
-
-
 class Corpus:
-    """The text of files, folders (searched as `gpt2 prepare` searches them) and in-memory strings, as chunks.
-
-    Plain text files (and .gz/.bz2/.zst ones) are read in pieces, so a file larger than memory is fine; JSON
-    Lines files give the `text` field of each record. A NUL byte marks a file as binary: that is an error.
-    Invalid UTF-8 is replaced with U+FFFD and counted, for one warning at the end.
+    """The text of in-memory strings and of files and folders, as chunks. Files are read by gpt2.io's
+    DocumentReader, as `gpt2 prepare` reads them: text files (and .gz/.bz2/.zst ones) in pieces, so a file larger
+    than memory is fine, and the `text` field of each record of JSON Lines files. (Counting words does not depend
+    on the order of documents: the strings come first, then the files.)
     """
 
     def __init__(self, items: Iterable[str | os.PathLike], text_field: str = "text") -> None:
-        self.items = list(items)
-        self.text_field = text_field
-        self.invalid_bytes = 0  # bytes of invalid UTF-8 replaced in text files
-        self.invalid_records = 0  # JSON Lines records that held some
-        self.invalid_files: list[Path] = []
-
-    def _decode(self, raw: bytes, path: Path) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            # surrogateescape turns each invalid byte into one U+DC80..U+DCFF, which valid UTF-8 never yields.
-            self.invalid_bytes += sum(1 for c in raw.decode("utf-8", "surrogateescape") if "\udc80" <= c <= "\udcff")
-            if not self.invalid_files or self.invalid_files[-1] != path:
-                self.invalid_files.append(path)
-            return raw.decode("utf-8", "replace")
-
-    def _read_text_file(self, path: Path) -> Iterator[str]:
-        from gpt2.data import open_binary
-
-        offset, carry = 0, b""
-        with open_binary(path) as f:
-            while raw := f.read(READ_BYTES):
-                if (nul := raw.find(b"\0")) >= 0:
-                    raise GPT2Error(
-                        f"{path}: looks like a binary file (a NUL byte at offset {offset + nul}); pass UTF-8 text files"
-                    )
-                offset += len(raw)
-                raw = carry + raw
-                end = _utf8_prefix(raw)
-                carry = raw[end:]
-                yield self._decode(raw[:end], path)
-        if carry:
-            yield self._decode(carry, path)
-
-    def _documents(self) -> Iterator[Iterable[str]]:
-        """Each document as an iterable of pieces of its text."""
-        from gpt2.data import JSONL_SUFFIXES, DocumentReader, input_files
-
-        for item in self.items:
-            if isinstance(item, str):
-                yield (item,)
-                continue
-            for path in input_files([item]):
-                if path.name.endswith(JSONL_SUFFIXES):
-                    reader = DocumentReader([path], self.text_field)
-                    yield from ((doc,) for doc in reader)
-                    if reader.replaced:
-                        self.invalid_files.append(path)
-                        self.invalid_records += reader.replaced
-                else:
-                    yield self._read_text_file(path)
+        items = list(items)
+        self.texts = [item for item in items if isinstance(item, str)]
+        self.reader = DocumentReader(input_files([i for i in items if not isinstance(i, str)]), text_field)
 
     def chunks(self, size: int = CHUNK_CHARS) -> Iterator[str]:
         """The corpus as chunks of about `size` characters; documents are never joined."""
-        try:
-            for doc in self._documents():
-                yield from cut_chunks(doc, size)
-        except OSError as e:
-            raise GPT2Error(f"{getattr(e, 'filename', None) or 'input'}: cannot read ({e.strerror or e})") from None
-
-    def warn_invalid(self) -> None:
-        if self.invalid_files:
-            counts = [f"{self.invalid_bytes:,} bytes"] if self.invalid_bytes else []
-            counts += [f"{self.invalid_records:,} records"] if self.invalid_records else []
-            more = f" and {len(self.invalid_files) - 1} more" if len(self.invalid_files) > 1 else ""
-            warnings.warn(
-                f"invalid UTF-8 in {' and '.join(counts)} (in {self.invalid_files[0]}{more}) was replaced with U+FFFD",
-                stacklevel=3,
-            )
+        for text in self.texts:
+            yield from cut_chunks((text,), size)
+        for doc in self.reader.documents():
+            yield from cut_chunks(doc, size)
 
 
 # ------------------------------------------------------------------------------------------------ word counting
@@ -348,7 +275,7 @@ def train_bpe(
     corpus = Corpus(items, text_field)
     with gc_paused():
         word_counts = count_corpus(corpus, workers or os.cpu_count() or 1, progress)
-    corpus.warn_invalid()
+    corpus.reader.warn_invalid()
     if not word_counts:
         raise GPT2Error("the corpus holds no text: nothing to learn a vocabulary from")
     n_merges = vocab_size - 257

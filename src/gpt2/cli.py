@@ -1,5 +1,5 @@
-"""The `gpt2` command. Each subcommand lives beside the code it runs (a `cli(argv)` function in that module)
-and is imported only when called, so `gpt2 --help` answers at once."""
+"""The `gpt2` command: dispatches to one module per command in gpt2.commands, imported only when that command
+runs, so `gpt2 --help` answers at once and each command loads only the libraries it uses."""
 
 from __future__ import annotations
 
@@ -7,21 +7,15 @@ import importlib
 import sys
 import warnings
 
-# name -> (module holding cli(argv), one line of help)
+# name -> (module in gpt2.commands with run(argv), one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": (
-        "gpt2.demo",
-        "train a small GPT-2 end to end on text that ships with Python, then sample from it",
-    ),
-    "tokenizer": ("gpt2.tokenizer", "train a byte-level BPE vocabulary (`gpt2 tokenizer train`), or encode text"),
-    "prepare": ("gpt2.data", "tokenize text files into token shards for training"),
-    "train": (
-        "gpt2.train",
-        "pretrain or fine-tune a model on prepared shards (one CPU, GPU, or many with torchrun)",
-    ),
-    "plot": ("gpt2.plot", "draw a run's train/val loss against tokens seen to a PNG"),
-    "generate": ("gpt2.generate", "sample text from a model (top-k 40 by default, as in the paper)"),
-    "eval": ("gpt2.evaluate", "zero/few-shot evaluation with the paper's protocols (LAMBADA, WikiText, ...)"),
+    "demo": ("demo", "train a small GPT-2 end to end on text that ships with Python, then sample from it"),
+    "tokenizer": ("tokenizer", "train a byte-level BPE vocabulary (`gpt2 tokenizer train`), or encode text"),
+    "prepare": ("prepare", "tokenize text files into token shards for training"),
+    "train": ("train", "pretrain or fine-tune a model on prepared shards (one CPU, GPU, or many with torchrun)"),
+    "plot": ("plot", "draw a run's train/val loss against tokens seen to a PNG"),
+    "generate": ("generate", "sample text from a model (top-k 40 by default, as in the paper)"),
+    "eval": ("eval", "zero/few-shot evaluation with the paper's protocols (LAMBADA, WikiText, ...)"),
 }
 
 
@@ -55,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     warnings.formatwarning = _one_line_warning
     try:
-        module = importlib.import_module(COMMANDS[name][0])
-        module.cli(rest)
+        module = importlib.import_module(f"gpt2.commands.{COMMANDS[name][0]}")
+        module.run(rest)
     except GPT2Error as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -14,32 +14,27 @@ hold; an interrupted `gpt2 prepare` run again with the same arguments skips thos
 
 from __future__ import annotations
 
-import argparse
-import bz2
-import gzip
-import io
 import json
 import math
 import os
 import struct
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from gpt2.checkpoint import atomic_write
 from gpt2.errors import GPT2Error
+from gpt2.io import DocumentReader, atomic_write, input_files
 from gpt2.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = 0x32545047  # b"GPT2" read as a little-endian uint32
 VERSION = 1
 HEADER = struct.Struct("<IIIIQ40x")  # magic, version, vocab size, bytes per token, token count; 64 bytes
-TEXT_SUFFIXES = tuple(t + c for t in (".txt", ".md", ".rst", ".text") for c in ("", ".gz", ".zst", ".bz2"))
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2")
 MANIFEST = "manifest.json"
 
 
@@ -70,84 +65,6 @@ def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise GPT2Error(f"{path}: truncated or damaged: header says {count} tokens, file holds {size} bytes")
     dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(count,)), vocab_size
-
-
-# ------------------------------------------------------------------------------------------------ reading text
-def input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The readable files named by `inputs` (folders searched recursively), in a stable order."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
-            )
-            if not found:
-                raise GPT2Error(f"{path}: no .txt or .jsonl(.gz/.zst/.bz2) files in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise GPT2Error(f"{path}: no such file or folder")
-    return files
-
-
-def open_binary(path: Path) -> io.BufferedIOBase:
-    """A file's bytes, decompressed by its suffix (.gz, .bz2, .zst)."""
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".bz2"):
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.open(path, "rb"))  # buffered: the raw reader cannot iterate lines
-    return open(path, "rb")
-
-
-class DocumentReader:
-    """Documents from text files (one document per file) and JSON Lines files (one per record, field `text`);
-    empty documents are skipped.
-
-    Bytes that are not UTF-8 are replaced with U+FFFD and counted, so a stray binary file is visible.
-    """
-
-    def __init__(self, files: Sequence[Path], text_field: str = "text") -> None:
-        self.files = list(files)
-        self.text_field = text_field
-        self.replaced = 0  # documents that held invalid UTF-8
-
-    def _decode(self, raw: bytes) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            self.replaced += 1
-            return raw.decode("utf-8", errors="replace")
-
-    def __iter__(self) -> Iterator[str]:
-        for path in self.files:
-            is_jsonl = any(path.name.endswith(s) for s in JSONL_SUFFIXES)
-            try:
-                with open_binary(path) as f:
-                    if not is_jsonl:
-                        if text := self._decode(f.read()):
-                            yield text
-                        continue
-                    for n, line in enumerate(f, start=1):
-                        if not line.strip():
-                            continue
-                        try:
-                            record = json.loads(self._decode(line))
-                        except ValueError:
-                            raise GPT2Error(f"{path}:{n}: not valid JSON") from None
-                        text = record.get(self.text_field) if isinstance(record, dict) else None
-                        if not isinstance(text, str):
-                            raise GPT2Error(f"{path}:{n}: no string field {self.text_field!r}")
-                        if text:
-                            yield text
-            except (OSError, EOFError) as e:
-                raise GPT2Error(f"{path}: cannot read ({e})") from None
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -247,7 +164,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
                 flush()
         bar.update(len(texts))
 
-    for n, text in enumerate(reader):
+    for n, text in enumerate(reader.texts()):
         if n < skip:
             continue
         batch.append(text)
@@ -259,10 +176,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
     bar.close()
     if documents == 0:
         raise GPT2Error(f"no text found in {', '.join(map(str, cfg.inputs))}: the corpus is empty")
-    if reader.replaced:
-        warnings.warn(
-            f"{reader.replaced} documents held bytes that are not UTF-8; they were replaced with U+FFFD", stacklevel=2
-        )
+    reader.warn_invalid()
     flush(final=True)
     if cfg.val_fraction and not manifest["splits"]["val"]["tokens"]:
         warnings.warn(
@@ -336,6 +250,8 @@ class TokenLoader:
         return self.shards[shard][offset : offset + self.T + 1]
 
     def next_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        import torch  # here, so that `gpt2 prepare` never loads torch
+
         step = self.B * self.world_size
         if self.cursor + step > self.num_sequences:  # the rest of the epoch is shorter than a step: next epoch
             self.epoch, self.cursor = self.epoch + 1, 0
@@ -354,23 +270,3 @@ class TokenLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
         self._order = self._permutation(self.epoch)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def cli(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="gpt2 prepare", description="Tokenize text into token shards for training.")
-    p.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl(.gz/.zst/.bz2) files or folders")
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder, model folder, or 'gpt2'")
-    p.add_argument("--output", required=True, help="folder for the shards and manifest.json")
-    p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out (default 0.005)")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100M)")
-    p.add_argument("--text-field", default="text", help="JSON Lines field holding the text (default: text)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    cfg = PrepareConfig(a.input, a.tokenizer, a.output, a.val_fraction, a.shard_tokens, text_field=a.text_field)
-    m = prepare(cfg, progress=not a.quiet)
-    train, val = m["splits"]["train"], m["splits"]["val"]
-    print(
-        f"{a.output}: {train['tokens']:,} train tokens in {len(train['shards'])} shards, "
-        f"{val['tokens']:,} val tokens in {len(val['shards'])} shards, {m['documents_done']:,} documents"
-    )

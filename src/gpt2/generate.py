@@ -7,23 +7,25 @@ Layers, from the bottom up:
     context, the cache is rebuilt from the most recent 3/4 of it.
   * iter_tokens: the sampling loop, one (B,) tensor of new tokens per step; generate_ids (GPT.generate) on top.
   * generate / generate_stream: text in, text out, with stop strings, <|endoftext|> and streaming.
-  * cli: `gpt2 generate`.
+How tokens are chosen travels as one SamplingOptions; the text functions and GPT.generate take its fields as
+keywords. This module uses the model only through its methods and imports gpt2.model for type hints alone, so
+GPT.generate can call it without an import circle.
 """
 
 from __future__ import annotations
 
-import argparse
 import codecs
-import io
-import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, overload
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import torch
 
 from gpt2.errors import GPT2Error
-from gpt2.model import GPT
+
+if TYPE_CHECKING:
+    from gpt2.model import GPT
 
 
 class TextTokenizer(Protocol):
@@ -34,13 +36,32 @@ class TextTokenizer(Protocol):
     def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise GPT2Error(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise GPT2Error(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise GPT2Error(f"top_p must be in (0, 1], got {top_p}")
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How each next token is chosen. temperature 0 is greedy; top_k keeps the k likeliest tokens (the paper's
+    samples use 40) and top_p then the smallest set holding that much probability; the same seed gives the same
+    draws; lookahead=k checks up to k tokens drafted from earlier in the text per forward pass (one row only:
+    the same tokens when greedy, the same distribution when sampling)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    lookahead: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise GPT2Error(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise GPT2Error(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise GPT2Error(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.lookahead < 0:
+            raise GPT2Error(f"lookahead must be >= 0, got {self.lookahead}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 def candidates(
@@ -61,30 +82,24 @@ def candidates(
 
 
 def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """One token id per row of logits (B, V): argmax when temperature is 0, else a draw from the
-    temperature-scaled distribution restricted to candidates(top_k, top_p)."""
-    if temperature == 0:
+    """One token id per row of logits (B, V): argmax when greedy, else a draw from the temperature-scaled
+    distribution restricted to candidates(top_k, top_p)."""
+    if options.greedy:
         return logits.argmax(dim=-1)
-    probs, indices = distribution(logits, temperature, top_k, top_p)
+    probs, indices = distribution(logits, options)
     choice = torch.multinomial(probs, 1, generator=generator)
     return (choice if indices is None else indices.gather(-1, choice)).squeeze(-1)
 
 
-def distribution(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def distribution(logits: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What sampling draws from, per row of logits (B, V), temperature > 0: probabilities, and the token ids
     they belong to (candidates' order), or None when they cover the whole vocabulary in id order."""
-    logits = logits.float() / temperature
-    if top_k is None and (top_p is None or top_p >= 1.0):
+    logits = logits.float() / options.temperature
+    if options.top_k is None and (options.top_p is None or options.top_p >= 1.0):
         return torch.softmax(logits, dim=-1), None
-    values, indices = candidates(logits, top_k, top_p)
+    values, indices = candidates(logits, options.top_k, options.top_p)
     return torch.softmax(values, dim=-1), indices
 
 
@@ -130,7 +145,7 @@ class Decoder:
     def prefill(self) -> torch.Tensor:
         """Fill the cache with tokens[:, lo:end]; the logits (B, vocab) of the last position."""
         lo, hi = self.lo, self.end
-        self.cache.length = 0
+        self.cache.reset()
         if not self.padded:
             return self.model.forward_cached(self.tokens[:, lo:hi], self.cache)
         v = self.valid[:, lo:hi]
@@ -141,13 +156,9 @@ class Decoder:
         self.next_position = v.sum(dim=1, keepdim=True)
         return self.model.forward_cached(self.tokens[:, lo:hi], self.cache, positions, mask)
 
-    def room(self) -> int:
-        """Tokens that fit in the cache before the window must slide."""
-        return self.cache.max_len - self.cache.length
-
     def extend(self, new: torch.Tensor) -> torch.Tensor:
         """Append several tokens (T,) to the one unpadded row at once; the logits (T, vocab) after each of
-        them. Needs room() >= T."""
+        them. Needs cache.room >= T."""
         cur, T = self.end, new.numel()
         self.tokens[0, cur : cur + T] = new
         self.end = cur + T
@@ -156,14 +167,14 @@ class Decoder:
     def rollback(self, n: int) -> None:
         """Forget the last n tokens (drafts that were not accepted): their cache entries are overwritten next."""
         self.end -= n
-        self.cache.length -= n
+        self.cache.rollback(n)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Append one token per row (B,); the logits (B, vocab) that follow it."""
         cur = self.end
         self.tokens[:, cur] = token
         self.end = cur + 1
-        if self.cache.length == self.cache.max_len:  # context full: slide the window
+        if self.cache.room == 0:  # context full: slide the window
             self.lo = self.end - self.keep
             return self.prefill()
         if not self.padded:
@@ -205,21 +216,14 @@ class NgramLookup:
         return []
 
 
-def verify(
-    logits: torch.Tensor,
-    draft: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> int:
+def verify(logits: torch.Tensor, draft: int, options: SamplingOptions, generator: torch.Generator | None) -> int:
     """The token that follows logits (V,) when `draft` was proposed: the draft itself if accepted, else a
     replacement. Greedy accepts exactly the argmax. Sampling accepts with probability p(draft) and otherwise
     draws from p without the draft, so each token has exactly the distribution sample_next gives it
     (speculative sampling with a draft distribution that is certain of its token)."""
-    if temperature == 0:
+    if options.greedy:
         return int(logits.argmax())
-    probs, indices = distribution(logits[None], temperature, top_k, top_p)
+    probs, indices = distribution(logits[None], options)
     probs, ids = probs[0], None if indices is None else indices[0]
     if ids is None:
         where: int | None = draft
@@ -237,31 +241,24 @@ def verify(
 
 @torch.inference_mode()  # torch switches the mode around each resumption of a generator, not across yields
 def iter_tokens(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    lookahead: int = 0,
+    model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, options: SamplingOptions = SamplingOptions()
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, (B,) per step, max_new_tokens times (stop early by breaking).
 
-    lookahead=k > 0 (one prompt only) checks up to k drafted tokens per forward pass (see NgramLookup): the same
-    tokens as without it when greedy, the same distribution (not the same draws of a seed) when sampling.
+    options.lookahead=k > 0 (one prompt only) checks up to k drafted tokens per forward pass (see NgramLookup):
+    the same tokens as without it when greedy, the same distribution (not the same draws of a seed) when sampling.
     """
-    check_sampling(temperature, top_k, top_p)
+    lookahead = options.lookahead
     if max_new_tokens < 0:
         raise GPT2Error(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if lookahead < 0 or (lookahead and len(prompts) != 1):
-        raise GPT2Error(f"lookahead must be >= 0 and needs a single prompt, got {lookahead} for {len(prompts)}")
+    if lookahead and len(prompts) != 1:
+        raise GPT2Error(f"lookahead needs a single prompt, got {len(prompts)}")
     decoder = Decoder(model, prompts, max_new_tokens)
     if max_new_tokens == 0:
         return
+    seed = options.seed
     generator = None if seed is None else torch.Generator(device=decoder.device).manual_seed(seed)
-    token = sample_next(decoder.prefill(), temperature, top_k, top_p, generator)
+    token = sample_next(decoder.prefill(), options, generator)
     lookup = NgramLookup(decoder.tokens[0, : decoder.end].tolist()) if lookahead else None
     produced = 0
     while True:
@@ -272,16 +269,16 @@ def iter_tokens(
         drafts = []
         if lookup is not None:
             lookup.append(int(token))
-            room = min(lookahead, max_new_tokens - produced, decoder.room() - 1)  # fed: the token and the drafts
+            room = min(lookahead, max_new_tokens - produced, decoder.cache.room - 1)  # fed: the token and the drafts
             drafts = lookup.draft(room) if room > 0 else []
         if not drafts:
-            token = sample_next(decoder.step(token), temperature, top_k, top_p, generator)
+            token = sample_next(decoder.step(token), options, generator)
             continue
         fed = torch.tensor([int(token), *drafts], device=decoder.device)
         logits = decoder.extend(fed)  # row j: what follows the token and the first j drafts
         accepted = 0
         for j, draft in enumerate(drafts):
-            chosen = verify(logits[j], draft, temperature, top_k, top_p, generator)
+            chosen = verify(logits[j], draft, options, generator)
             token = torch.tensor([chosen], device=fed.device)
             if chosen != draft:
                 break
@@ -292,24 +289,15 @@ def iter_tokens(
             if produced == max_new_tokens:
                 return
         else:  # every draft accepted: the last row gives one more token
-            token = sample_next(logits[-1:], temperature, top_k, top_p, generator)
+            token = sample_next(logits[-1:], options, generator)
         decoder.rollback(len(drafts) - accepted)
 
 
 def generate_ids(
-    model: GPT,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    lookahead: int = 0,
+    model: GPT, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions = SamplingOptions()
 ) -> torch.Tensor:
     """idx (B, T) continued by max_new_tokens tokens -> (B, T + max_new_tokens); see GPT.generate."""
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
-    steps = iter_tokens(model, idx.tolist(), max_new_tokens, **options)
+    steps = iter_tokens(model, idx.tolist(), max_new_tokens, options)
     new = [token.to(idx.device) for token in steps]  # joined outside inference mode: an ordinary tensor
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
@@ -328,7 +316,6 @@ class Completion:
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending = ""
-        self.out = io.StringIO()
         self.done = False
 
     def add(self, token: int) -> str:
@@ -339,10 +326,10 @@ class Completion:
         hits = [i for i in (window.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.done, self.pending = True, ""
-            return self._emit(window[: min(hits)])
+            return window[: min(hits)]
         cut = len(window) - self.hold
         self.pending = window[cut:] if cut > 0 else window
-        return self._emit(window[:cut] if cut > 0 else "")
+        return window[:cut] if cut > 0 else ""
 
     def finish(self) -> str:
         """End the row; return the held-back rest."""
@@ -351,20 +338,48 @@ class Completion:
         self.done = True
         rest, self.pending = self.pending + self.decoder.decode(b"", final=True), ""
         hits = [i for i in (rest.find(s) for s in self.stop) if i >= 0]
-        return self._emit(rest[: min(hits)] if hits else rest)
-
-    def _emit(self, text: str) -> str:
-        self.out.write(text)
-        return text
-
-    @property
-    def text(self) -> str:
-        return self.out.getvalue()
+        return rest[: min(hits)] if hits else rest
 
 
 def encode_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
     """Prompt ids; an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do."""
     return tokenizer.encode(prompt, allowed_special="all") or [tokenizer.eot_id]
+
+
+def complete(
+    model: GPT,
+    tokenizer: TextTokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    options: SamplingOptions = SamplingOptions(),
+    *,
+    stop: Sequence[str] = (),
+    stop_at_eot: bool = True,
+) -> Iterator[tuple[int, str]]:
+    """Sample every prompt as one padded batch; yield (row, text) as pieces of each completion become final.
+
+    A completion excludes its prompt and ends at max_new_tokens, at <|endoftext|> (unless stop_at_eot is False)
+    or before the first stop string; decoding stops when every row has ended.
+    """
+    rows = [Completion(tokenizer, stop, stop_at_eot) for _ in prompts]
+    steps = iter_tokens(model, [encode_prompt(tokenizer, p) for p in prompts], max_new_tokens, options)
+    for tokens in steps:
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            if not row.done and (piece := row.add(token)):
+                yield i, piece
+        if all(row.done for row in rows):
+            return
+    for i, row in enumerate(rows):
+        if piece := row.finish():
+            yield i, piece
+
+
+def collect(pieces: Iterable[tuple[int, str]], rows: int) -> list[str]:
+    """The whole text of each of `rows` rows, from complete()'s (row, piece) pairs."""
+    texts = [""] * rows
+    for i, piece in pieces:
+        texts[i] += piece
+    return texts
 
 
 @overload
@@ -394,24 +409,15 @@ def generate(
 
     The completions exclude the prompt and end at max_new_tokens, at <|endoftext|> (unless stop_at_eot is
     False) or before the first stop string. All rows are decoded together as one padded batch; lookahead
-    (prompt-lookup drafts, see iter_tokens) needs a single row.
+    (prompt-lookup drafts, see iter_tokens) needs a single row. The sampling keywords are SamplingOptions'.
     """
+    options = SamplingOptions(temperature, top_k, top_p, seed, lookahead)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if num_samples < 1:
         raise GPT2Error(f"num_samples must be >= 1, got {num_samples}")
-    ids = [encode_prompt(tokenizer, p) for p in prompts for _ in range(num_samples)]
-    rows = [Completion(tokenizer, stop, stop_at_eot) for _ in ids]
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
-    steps = iter_tokens(model, ids, max_new_tokens, **options)
-    for tokens in steps:
-        for row, token in zip(rows, tokens.tolist(), strict=True):
-            if not row.done:
-                row.add(token)
-        if all(row.done for row in rows):
-            break
-    for row in rows:
-        row.finish()
-    texts = [row.text for row in rows]
+    rows = [p for p in prompts for _ in range(num_samples)]
+    pieces = complete(model, tokenizer, rows, max_new_tokens, options, stop=stop, stop_at_eot=stop_at_eot)
+    texts = collect(pieces, len(rows))
     grouped = [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
     return grouped[0] if isinstance(prompt, str) else grouped
 
@@ -431,129 +437,6 @@ def generate_stream(
     lookahead: int = 0,
 ) -> Iterator[str]:
     """Like generate for one prompt and one sample, yielding pieces of text as soon as they are final."""
-    row = Completion(tokenizer, stop, stop_at_eot)
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
-    steps = iter_tokens(model, [encode_prompt(tokenizer, prompt)], max_new_tokens, **options)
-    for tokens in steps:
-        if piece := row.add(int(tokens[0])):
-            yield piece
-        if row.done:
-            return
-    if piece := row.finish():
+    options = SamplingOptions(temperature, top_k, top_p, seed, lookahead)
+    for _, piece in complete(model, tokenizer, [prompt], max_new_tokens, options, stop=stop, stop_at_eot=stop_at_eot):
         yield piece
-
-
-# ------------------------------------------------------------------------------------------------ gpt2 generate
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` is the GPU when there is one, else the CPU; other names must be usable here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GPT2Error(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1 or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GPT2Error(f"--device {name}: this machine has no CUDA GPU that torch can use; try --device cpu")
-    return device
-
-
-def read_prompt(arg: str | None) -> str:
-    """The prompt from --prompt, or from stdin when it is omitted or '-' (one trailing newline dropped)."""
-    if arg is not None and arg != "-":
-        return arg
-    if sys.stdin is None:
-        raise GPT2Error("no --prompt given and no stdin to read it from")
-    if sys.stdin.isatty():
-        print("reading the prompt from stdin; end it with Ctrl-D", file=sys.stderr)
-    text = sys.stdin.read()
-    return text.removesuffix("\n").removesuffix("\r")
-
-
-def header(i: int, n: int) -> None:
-    """A line between samples, as OpenAI's sampling script prints it; nothing when there is one sample."""
-    if n > 1:
-        print(f"{'=' * 30} SAMPLE {i + 1} of {n} {'=' * 30}", flush=True)
-
-
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="gpt2 generate",
-        description="Sample text from a GPT-2 model: prints the prompt followed by each completion.",
-    )
-    parser.add_argument(
-        "--model", required=True, help="a model folder (config.json + model.safetensors + tokenizer), or gpt2, ..."
-    )
-    parser.add_argument("--prompt", help="the text to continue; read from stdin when omitted or '-'")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to sample per completion (128)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy (1.0)")
-    parser.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens; 0 for all (40)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
-    parser.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text")
-    parser.add_argument("--num-samples", type=int, default=1, help="completions of the prompt (1)")
-    parser.add_argument("--stop", action="append", default=[], help="end a completion before this text (repeatable)")
-    parser.add_argument("--stream", action="store_true", help="print text as it is sampled (samples one by one)")
-    parser.add_argument(
-        "--lookahead",
-        type=int,
-        default=0,
-        help="check up to K tokens copied from earlier in the text per forward pass: same output (greedy) or same "
-        "distribution (sampling), faster on repetitive text; one sample at a time (0: off)",
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (GPU if present)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: float32 on CPU, else bf16")
-    args = parser.parse_args(argv)
-    if args.max_new_tokens < 0:
-        raise GPT2Error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.top_k < 0:
-        raise GPT2Error(f"--top-k must be >= 0 (0 means no limit), got {args.top_k}")
-    if args.num_samples < 1:
-        raise GPT2Error(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.lookahead < 0:
-        raise GPT2Error(f"--lookahead must be >= 0, got {args.lookahead}")
-    check_sampling(args.temperature, args.top_k or None, args.top_p)
-
-    from gpt2.checkpoint import resolve
-    from gpt2.tokenizer import Tokenizer
-
-    device = pick_device(args.device)
-    if args.dtype != "auto":
-        dtype = DTYPES[args.dtype]
-    elif device.type == "cuda" and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
-    else:
-        dtype = torch.float32
-    folder = resolve(args.model)
-    model = GPT.from_pretrained(folder, device=device, dtype=dtype)
-    tokenizer = Tokenizer.from_pretrained(folder)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise GPT2Error(
-            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
-        )
-    prompt = read_prompt(args.prompt)  # after loading, so that a bad --model fails before anyone types a prompt
-    options: dict[str, Any] = dict(
-        temperature=args.temperature,
-        top_k=args.top_k or None,
-        top_p=args.top_p,
-        stop=args.stop,
-        lookahead=args.lookahead,
-    )
-    n = args.num_samples
-    if args.stream or args.lookahead:  # samples one by one (lookahead decodes a single row)
-        for i in range(n):
-            header(i, n)
-            print(prompt, end="", flush=True)
-            seed = None if args.seed is None else args.seed + i
-            if args.stream:
-                for piece in generate_stream(model, tokenizer, prompt, args.max_new_tokens, seed=seed, **options):
-                    print(piece, end="", flush=True)
-                print(flush=True)
-            else:
-                print(generate(model, tokenizer, prompt, args.max_new_tokens, seed=seed, **options)[0], flush=True)
-        return
-    texts = generate(model, tokenizer, prompt, args.max_new_tokens, seed=args.seed, num_samples=n, **options)
-    for i, text in enumerate(texts):
-        header(i, n)
-        print(prompt + text, flush=True)

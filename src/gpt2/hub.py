@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from gpt2.errors import GPT2Error
+from gpt2.io import atomic_open
 
 # The four model sizes of the paper, as published by OpenAI on the Hugging Face hub.
 HUB_MODELS = {
@@ -63,22 +63,18 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Pa
     dest = Path(dest)
     if dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with atomic_open(dest) as out, urllib.request.urlopen(url, timeout=60) as response:
+            h = hashlib.sha256()
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
-        if sha256 is not None and (got := sha256_file(tmp)) != sha256:
-            raise GPT2Error(f"{url}: checksum mismatch (sha256 {got}, expected {sha256}); not saved")
-        os.replace(tmp, dest)
+                h.update(chunk)
+            if sha256 is not None and (got := h.hexdigest()) != sha256:
+                raise GPT2Error(f"{url}: checksum mismatch (sha256 {got}, expected {sha256}); not saved")
     except GPT2Error:
         raise
     except Exception as e:
         raise GPT2Error(
             f"could not download {url} ({type(e).__name__}: {e}); fetch it by hand and put it at {dest}"
         ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest

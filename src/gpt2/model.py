@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2 import kernels
+from gpt2 import checkpoint, kernels
 from gpt2.errors import GPT2Error
 
 
@@ -81,7 +81,8 @@ class KVCache:
     """Keys and values of every layer, preallocated for `max_len` positions so decoding never copies them.
 
     Shape (n_layer, batch, n_head, max_len, head_dim); `length` positions are filled, shared by the batch
-    (prompts of different lengths are left-padded and masked instead).
+    (prompts of different lengths are left-padded and masked instead). The model appends through `update` and
+    `advance`; its users reset it, roll it back, or fill it from rows of another cache.
     """
 
     def __init__(
@@ -93,6 +94,49 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    @property
+    def room(self) -> int:
+        """Positions that can still be appended."""
+        return self.max_len - self.length
+
+    def reset(self) -> None:
+        """Forget every position (the tensors are reused)."""
+        self.length = 0
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n positions (drafts that were not accepted); the next append overwrites them."""
+        if not 0 <= n <= self.length:
+            raise GPT2Error(f"cannot roll back {n} of the {self.length} cached positions")
+        self.length -= n
+
+    def copy_rows(self, source: KVCache, rows: torch.Tensor) -> None:
+        """Fill this cache's row i with row rows[i] of source's filled positions: a prefix cached once, then
+        continued in several ways."""
+        n = source.length
+        if n > self.max_len or len(rows) != self.k.size(1):
+            raise GPT2Error(f"cannot copy {len(rows)} rows of {n} positions into a cache of {tuple(self.k.shape)}")
+        self.k[:, :, :, :n] = source.k[:, rows, :, :n]
+        self.v[:, :, :, :n] = source.v[:, rows, :, :n]
+        self.length = n
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one layer's keys and values (B, n_head, T, head_dim) after the filled positions; return that
+        layer's keys and values so far. `advance(T)` makes them count once every layer has written."""
+        start, end = self.length, self.length + k.size(2)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def causal_mask(self, n: int, device: torch.device) -> torch.Tensor | None:
+        """The attention mask (n, length + n) of n new positions after the filled ones, True where allowed; None
+        where attention needs no mask (one new position sees everything; none filled: plain causal)."""
+        if n <= 1 or self.length == 0:
+            return None
+        return torch.ones(n, self.length + n, dtype=torch.bool, device=device).tril(diagonal=self.length)
+
 
 class Linear(nn.Linear):
     """nn.Linear whose decoding-sized products (a few rows of float32 or bfloat16, CPU, no grad) run on
@@ -103,8 +147,9 @@ class Linear(nn.Linear):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer  # which of the KV cache's layers is this one's
         self.n_head = config.n_head
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # query, key, value projections at once
         self.c_proj = Linear(config.n_embd, config.n_embd)
@@ -112,19 +157,13 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
-        attn_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:  # append this step's keys/values, then attend over everything so far
-            cache_k, cache_v, start = cache
-            cache_k[:, :, start : start + T] = k
-            cache_v[:, :, start : start + T] = v
-            k, v = cache_k[:, :, : start + T], cache_v[:, :, : start + T]
+            k, v = cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -150,18 +189,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
-        attn_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, attn_mask)  # pre-LN: normalise the input of each sub-block
         x = x + self.mlp(self.ln_2(x))
@@ -177,7 +213,7 @@ class GPT(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.n_positions, config.n_embd),
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
@@ -244,17 +280,17 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.length
         if cache is None and self.config.n_positions < T:
             raise GPT2Error(f"sequence of {T} tokens is longer than the context ({self.config.n_positions})")
-        if cache is not None and start + T > cache.max_len:
+        if cache is not None and cache.room < T:
             raise GPT2Error(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=idx.device).expand(B, T)
-        if cache is not None and attn_mask is None and T > 1 and start > 0:
-            attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+        if cache is not None and attn_mask is None:
+            attn_mask = cache.causal_mask(T, idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else (cache.k[i], cache.v[i], start), attn_mask)
+        for block in self.transformer.h:
+            x = block(x, cache, attn_mask)
         if cache is not None:
-            cache.length = start + T
+            cache.advance(T)
         return self.transformer.ln_f(x)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -278,10 +314,12 @@ class GPT(nn.Module):
         temperature=0 is greedy decoding; lookahead=k (one row) checks k tokens drafted from earlier in the
         text per forward pass. See gpt2.generate for text, streaming, padding and stop strings.
         """
-        from gpt2.generate import generate_ids
+        # A convenience over gpt2.generate, which sits above this module: imported here, and gpt2.generate
+        # imports nothing of this module at run time, so the two make no import circle.
+        from gpt2.generate import SamplingOptions, generate_ids
 
-        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lookahead=lookahead)
-        return generate_ids(self, idx, max_new_tokens, **options)
+        options = SamplingOptions(temperature, top_k, top_p, seed, lookahead)
+        return generate_ids(self, idx, max_new_tokens, options)
 
     @classmethod
     def from_pretrained(
@@ -293,12 +331,22 @@ class GPT(nn.Module):
     ) -> GPT:
         """Load a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin), or download
         the official weights by name: gpt2, gpt2-medium, gpt2-large, gpt2-xl."""
-        from gpt2.checkpoint import load_model
-
-        return load_model(path_or_name, device=device, dtype=dtype)
+        folder = checkpoint.resolve(path_or_name)
+        settings = checkpoint.read_config(folder)
+        try:
+            config = GPTConfig(**settings)
+        except GPT2Error as e:
+            raise GPT2Error(f"{folder / 'config.json'}: {e}") from None
+        tensors, source = checkpoint.read_tensors(folder)
+        with torch.device("meta"):  # no time spent on random init of weights that are overwritten next
+            model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items() if k != checkpoint.TIED}
+        state = checkpoint.hf_to_ours(tensors, expected, config.n_layer, source)
+        model.load_state_dict(state, strict=False, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced wte; re-tie
+        model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+        return model.eval()
 
     def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> None:
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout (and the tokenizer files)."""
-        from gpt2.checkpoint import save_model
-
-        save_model(self, path, tokenizer=tokenizer)
+        checkpoint.write_model_folder(path, self.state_dict(), self.config.to_dict(), tokenizer)

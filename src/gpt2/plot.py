@@ -1,15 +1,14 @@
-"""`gpt2 plot RUN_DIR...`: train and val loss against tokens seen, one PNG, several runs on the same axes."""
+"""Loss curves: train and val loss against tokens seen, one PNG, several runs on the same axes (`gpt2 plot`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from gpt2.errors import GPT2Error
+from gpt2.io import atomic_open
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -60,24 +59,9 @@ def plot_runs(run_dirs: list[str], output: str | os.PathLike, log_x: bool = Fals
     ax.legend()
     fig.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, output)
+        with atomic_open(output) as f:
+            fig.savefig(f, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return output
-
-
-def cli(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="gpt2 plot", description="Plot train/val loss against tokens seen.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders made by `gpt2 train`")
-    p.add_argument("--output", help="PNG path (default: RUN_DIR/loss.png of the first run)")
-    p.add_argument("--log-x", action="store_true", help="logarithmic tokens axis")
-    a = p.parse_args(argv)
-    out = plot_runs(a.runs, a.output or Path(a.runs[0]) / "loss.png", log_x=a.log_x)
-    print(out)

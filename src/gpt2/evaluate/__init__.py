@@ -5,23 +5,24 @@
 
 Modules: scoring (batched log-likelihoods), tasks/ (one module per task, each documenting its protocol), data
 (official files, downloads and checksums), detokenize, metrics, paper (the published figures), report (the
-Markdown table), command (the CLI).
+Markdown table). The command is gpt2.commands.eval. Importing this package does not load torch (the task list
+serves `gpt2 eval --help`); scoring does, when `evaluate` runs.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataDir
-from gpt2.evaluate.scoring import Scorer
 from gpt2.evaluate.tasks import TASKS, Context
-from gpt2.model import GPT
-from gpt2.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from gpt2.model import GPT
+    from gpt2.tokenizer import Tokenizer
 
 
 def parse_tasks(spec: str | Sequence[str]) -> list[str]:
@@ -69,6 +70,8 @@ def evaluate(
         raise GPT2Error(f"--cbt-split must be 'valid' or 'test', got {cbt_split!r}")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise GPT2Error(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
+    from gpt2.evaluate.scoring import Scorer
+
     model.eval()
     data = DataDir(data_dir, offline=offline)
     ctx = Context(
@@ -120,11 +123,4 @@ def evaluate(
     return results
 
 
-def cli(argv: list[str]) -> None:
-    """`gpt2 eval`: see gpt2.evaluate.command."""
-    from gpt2.evaluate.command import main
-
-    main(argv, stderr=sys.stderr)
-
-
-__all__ = ["TASKS", "cli", "evaluate", "parse_tasks"]
+__all__ = ["TASKS", "evaluate", "parse_tasks"]

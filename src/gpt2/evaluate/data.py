@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 from gpt2.errors import GPT2Error
 from gpt2.hub import cache_dir, download, sha256_file
+from gpt2.io import atomic_open
 
 T = TypeVar("T")
 
@@ -110,32 +110,25 @@ def md5_file(path: str | os.PathLike) -> str:
 def extract_member(archive: Path, member: str, dest: Path) -> None:
     """Copy one named member of a zip or tar archive to dest (atomically); nothing else is unpacked, so archive
     paths can never write outside dest."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if zipfile.is_zipfile(archive):
-                with zipfile.ZipFile(archive) as z:
-                    try:
-                        src = z.open(member)
-                    except KeyError:
-                        raise GPT2Error(f"{archive}: has no member {member}") from None
-                    with src:
+    with atomic_open(dest) as out:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                try:
+                    src = z.open(member)
+                except KeyError:
+                    raise GPT2Error(f"{archive}: has no member {member}") from None
+                with src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            with tarfile.open(archive, "r:*") as t:
+                for info in t:
+                    if info.name.removeprefix("./") == member and info.isfile():
+                        src = t.extractfile(info)
+                        assert src is not None
                         shutil.copyfileobj(src, out, 1 << 20)
-            else:
-                with tarfile.open(archive, "r:*") as t:
-                    for info in t:
-                        if info.name.removeprefix("./") == member and info.isfile():
-                            src = t.extractfile(info)
-                            assert src is not None
-                            shutil.copyfileobj(src, out, 1 << 20)
-                            break
-                    else:
-                        raise GPT2Error(f"{archive}: has no member {member}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                        break
+                else:
+                    raise GPT2Error(f"{archive}: has no member {member}")
 
 
 def read_jsonl(path: Path, parse: Callable[[dict], T], expected: str, limit: int | None = None) -> list[T]:

@@ -179,9 +179,7 @@ class Scorer:
         if tc > 0:
             rows = len(conts)
             rcache = self.model.new_cache(rows, lmax + tc)
-            rcache.k[:, :, :, :lmax] = cache.k[:, owner.to(dev), :, :lmax]
-            rcache.v[:, :, :, :lmax] = cache.v[:, owner.to(dev), :, :lmax]
-            rcache.length = lmax
+            rcache.copy_rows(cache, owner.to(dev))  # each continuation starts from its own group's prefix
             y = torch.zeros(rows, tc, dtype=torch.long)
             for r, c in enumerate(conts):
                 y[r, : len(c) - 1] = torch.tensor(c[:-1])

@@ -8,15 +8,15 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataDir
-from gpt2.evaluate.scoring import Scorer
-from gpt2.model import GPT
-from gpt2.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from gpt2.evaluate.scoring import Scorer
+    from gpt2.model import GPT
+    from gpt2.tokenizer import Tokenizer
 
 T = TypeVar("T")
 
@@ -104,27 +104,22 @@ def generate_all(
     stop: Sequence[str] = ("\n",),
     desc: str = "generating",
 ) -> list[str]:
-    """One completion per prompt with gpt2.generate, batch_size prompts of similar length at a time (sorted, so
+    """One completion per prompt (gpt2.generate.complete), batch_size prompts of similar length at a time (sorted, so
     little left padding); batch b samples with seed + b."""
-    from gpt2.generate import generate
+    from tqdm import tqdm
+
+    from gpt2.generate import SamplingOptions, collect, complete
 
     lengths = [len(ctx.encode(p)) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     out = [""] * len(prompts)
     batches = [order[i : i + ctx.batch_size] for i in range(0, len(order), ctx.batch_size)]
     for b, batch in enumerate(tqdm(batches, desc=desc, disable=not ctx.progress, unit="batch", leave=False)):
-        texts = generate(
-            ctx.model,
-            ctx.tokenizer,
-            [prompts[i] for i in batch],
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            seed=ctx.seed + b,
-            stop=stop,
-        )
-        for i, t in zip(batch, texts, strict=True):
-            out[i] = t[0]
+        options = SamplingOptions(temperature, top_k, seed=ctx.seed + b)
+        pieces = complete(ctx.model, ctx.tokenizer, [prompts[i] for i in batch], max_new_tokens, options, stop=stop)
+        texts = collect(pieces, len(batch))
+        for i, text in zip(batch, texts, strict=True):
+            out[i] = text
     return out
 
 

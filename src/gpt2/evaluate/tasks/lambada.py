@@ -15,14 +15,18 @@ Few-shot: K other passages of the test file (OpenAI's file has no other split), 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataFile, read_jsonl
 from gpt2.evaluate.tasks.base import Context, Result, Task, percent, sample_shots, take
-from gpt2.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from gpt2.tokenizer import Tokenizer
 
 LAMBADA_SHA256 = "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"
 LAMBADA = DataFile(
@@ -60,6 +64,8 @@ def split_last_word(text: str) -> tuple[str, str]:
 
 def stop_word_mask(tokenizer: Tokenizer) -> torch.Tensor:
     """True for the tokens that are a whole stop word with its leading space (" the", " He", ...)."""
+    import torch
+
     mask = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
     for i in range(tokenizer.eot_id):
         b = tokenizer.decode_bytes([i])
@@ -85,7 +91,7 @@ class Lambada(Task):
         scores = ctx.scorer.score(requests, exclude_first=stop_word_mask(ctx.tokenizer), desc=self.name)
         n = len(scores)
         metrics = {
-            "ppl": float(torch.tensor([-s.logprob for s in scores], dtype=torch.float64).mean().exp()),
+            "ppl": math.exp(math.fsum(-s.logprob for s in scores) / n),
             "acc": percent([s.greedy for s in scores]),
             "acc_stopword_filter": percent([s.greedy_filtered for s in scores]),
             "acc_last_token": percent([s.last_greedy for s in scores]),

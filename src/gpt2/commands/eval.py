@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from gpt2.commands import add_device_options, load_model
 from gpt2.errors import GPT2Error
 
 
@@ -38,35 +39,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and top-k sampling seed (default 0)")
     p.add_argument("--cbt-split", choices=("valid", "test"), default="valid", help="CBT split (default valid)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    add_device_options(p, "float32", "float32 (default), or bfloat16 for speed; auto: bfloat16 on a GPU that has it")
     p.add_argument("--output", type=Path, help="write the results JSON here (atomically)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
-def main(argv: list[str], stderr: TextIO = sys.stderr) -> None:
-    import torch
-
-    from gpt2.checkpoint import atomic_write
+def run(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
     from gpt2.evaluate import evaluate, parse_tasks
     from gpt2.evaluate.report import markdown_table
-    from gpt2.model import GPT
-    from gpt2.tokenizer import Tokenizer
+    from gpt2.io import atomic_write
 
-    args = parser().parse_args(argv)
     tasks = parse_tasks(args.tasks)  # fail on a typo before loading anything
     if args.output is not None and args.output.is_dir():
         raise GPT2Error(f"--output {args.output} is a folder; give a file name such as results.json")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise GPT2Error("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     runs: list[dict[str, Any]] = []
     for name in args.model:
-        model = GPT.from_pretrained(name, device=device, dtype=dtype)
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer or name)
-        print(f"{name}: {model.num_params():,} parameters on {device} ({args.dtype})", file=stderr, flush=True)
+        model, tokenizer, device = load_model(name, args.tokenizer, args.device, args.dtype)
+        dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+        print(f"{name}: {model.num_params():,} parameters on {device} ({dtype})", file=sys.stderr, flush=True)
         runs.append(
             evaluate(
                 model,
@@ -81,13 +73,13 @@ def main(argv: list[str], stderr: TextIO = sys.stderr) -> None:
                 seed=args.seed,
                 cbt_split=args.cbt_split,
                 model_name=name,
-                progress=not args.no_progress and stderr.isatty(),
-                log=stderr,
+                progress=not args.no_progress and sys.stderr.isatty(),
+                log=sys.stderr,
             )
         )
         del model
         if args.output is not None:  # after every model, so that a later failure loses nothing
             payload = runs[0] if len(args.model) == 1 else runs
-            atomic_write(args.output, (json.dumps(payload, indent=2) + "\n").encode())
-            print(f"wrote {args.output}", file=stderr)
+            atomic_write(args.output, json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {args.output}", file=sys.stderr)
     print(markdown_table(runs))

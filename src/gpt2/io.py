@@ -1,0 +1,213 @@
+"""File plumbing that every stage shares: atomic writes, compressed files, input listing, and one document reader.
+
+A leaf module: it imports nothing of the package but `errors`, so the tokenizer, the data preparation, the BPE
+trainer, checkpoints and downloads can all use it without importing one another.
+
+  atomic_open / atomic_write   a temp file in the same folder, renamed over the target only when complete;
+  open_binary                  a file's bytes, decompressed by suffix (.gz, .bz2, .zst);
+  input_files                  the text files named by files and folders, in a stable order;
+  DocumentReader               the documents of .txt and .jsonl(.gz/.zst/.bz2) files, as `gpt2 prepare` and
+                               `gpt2 tokenizer train` both read them.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from gpt2.errors import GPT2Error
+
+TEXT_SUFFIXES = tuple(t + c for t in (".txt", ".md", ".rst", ".text") for c in ("", ".gz", ".zst", ".bz2"))
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2")
+PIECE_BYTES = 1 << 20  # text files are read in pieces of this size, so one larger than memory streams
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """A file to write `path` through: a temp file in the same folder, renamed over `path` when the block ends
+    without an exception (readers see the old file or the new one, never half of one), removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give them the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` (str as UTF-8) to `path` atomically (see atomic_open)."""
+    with atomic_open(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def is_jsonl(path: Path) -> bool:
+    return path.name.endswith(JSONL_SUFFIXES)
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """A file's bytes, decompressed by its suffix (.gz, .bz2, .zst)."""
+    name = path.name
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.open(path, "rb"))  # buffered: the raw reader cannot iterate lines
+    return open(path, "rb")
+
+
+def input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files named by `inputs`; folders are searched recursively for .txt/.md/.rst/.text and .jsonl files
+    (plain or .gz/.zst/.bz2), in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+            )
+            if not found:
+                raise GPT2Error(f"{path}: no .txt or .jsonl(.gz/.zst/.bz2) files in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise GPT2Error(f"{path}: no such file or folder")
+    return files
+
+
+def _utf8_prefix(raw: bytes) -> int:
+    """The length of the longest prefix of `raw` that does not end inside a UTF-8 multi-byte sequence."""
+    for back in range(1, min(4, len(raw)) + 1):
+        byte = raw[-back]
+        if byte < 0x80:
+            return len(raw)
+        if byte >= 0xC0:  # the lead byte of the last sequence: is the sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(raw) if back >= need else len(raw) - back
+    return len(raw)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Read errors (a missing file, a corrupt archive) as one GPT2Error that names the file."""
+    try:
+        yield
+    except (OSError, EOFError) as e:
+        raise GPT2Error(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+class DocumentReader:
+    """The documents of text files (one document per file) and JSON Lines files (one per record, its
+    `text_field`), in file order.
+
+    `documents()` gives each document as an iterator of pieces of its text, so a text file larger than memory
+    streams (the BPE trainer's way); `texts()` gives whole, non-empty documents (`gpt2 prepare`'s way). A NUL
+    byte marks a text file as binary, which is an error. Bytes that are not UTF-8 are replaced with U+FFFD and
+    counted; `warn_invalid()` then says so once.
+    """
+
+    def __init__(self, files: Iterable[str | os.PathLike], text_field: str = "text") -> None:
+        self.files = [Path(f) for f in files]
+        self.text_field = text_field
+        self.invalid_bytes = 0  # bytes of invalid UTF-8 replaced
+        self.invalid_documents = 0  # documents that held some
+        self.invalid_files: list[Path] = []
+        self._current_invalid = False
+
+    def _decode(self, raw: bytes, path: Path) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # surrogateescape turns each invalid byte into one U+DC80..U+DCFF, which valid UTF-8 never yields.
+            self.invalid_bytes += sum(1 for c in raw.decode("utf-8", "surrogateescape") if "\udc80" <= c <= "\udcff")
+            if not self._current_invalid:
+                self._current_invalid = True
+                self.invalid_documents += 1
+            if not self.invalid_files or self.invalid_files[-1] != path:
+                self.invalid_files.append(path)
+            return raw.decode("utf-8", "replace")
+
+    def _text_file(self, path: Path) -> Iterator[str]:
+        offset, carry = 0, b""
+        with _reading(path), open_binary(path) as f:
+            while raw := f.read(PIECE_BYTES):
+                if (nul := raw.find(b"\0")) >= 0:
+                    raise GPT2Error(
+                        f"{path}: looks like a binary file (a NUL byte at offset {offset + nul}); pass UTF-8 text files"
+                    )
+                offset += len(raw)
+                raw = carry + raw
+                end = _utf8_prefix(raw)
+                carry = raw[end:]
+                yield self._decode(raw[:end], path)
+        if carry:
+            yield self._decode(carry, path)
+
+    def _records(self, path: Path) -> Iterator[str]:
+        with _reading(path), open_binary(path) as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                self._current_invalid = False
+                try:
+                    record = json.loads(self._decode(line, path))
+                except ValueError:
+                    raise GPT2Error(f"{path}:{n}: not valid JSON") from None
+                text = record.get(self.text_field) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise GPT2Error(f"{path}:{n}: no string field {self.text_field!r}")
+                yield text
+
+    def documents(self) -> Iterator[Iterator[str]]:
+        """Each document as an iterator of pieces of its text (consume one before asking for the next)."""
+        for path in self.files:
+            if is_jsonl(path):
+                yield from (iter((text,)) for text in self._records(path))
+            else:
+                self._current_invalid = False
+                yield self._text_file(path)
+
+    def texts(self) -> Iterator[str]:
+        """Each non-empty document as one string."""
+        for pieces in self.documents():
+            if text := "".join(pieces):
+                yield text
+
+    def warn_invalid(self, stacklevel: int = 3) -> None:
+        """One warning if any bytes were not UTF-8: how many, in how many documents, and where."""
+        if not self.invalid_files:
+            return
+        more = f" and {_count(len(self.invalid_files) - 1, 'more file')}" if len(self.invalid_files) > 1 else ""
+        warnings.warn(
+            f"invalid UTF-8 in {_count(self.invalid_bytes, 'byte')} of {_count(self.invalid_documents, 'document')} "
+            f"(in {self.invalid_files[0]}{more}) was replaced with U+FFFD",
+            stacklevel=stacklevel,
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
