@@ -23,3 +23,24 @@ def gpt2_tokenizer(shared_data: Path):
     from gpt2.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(shared_data / "gpt2-vocab")
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A folder on a tmpfs of the given size (mount needs root; the test skips without it), to fill up on purpose."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def make(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'mount failed'})")
+        mounts.append(folder)
+        return folder
+
+    yield make
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -248,3 +248,21 @@ def test_training_checkpoints_restore_everything_and_keep_the_last_and_the_best(
         load_training_checkpoint(tmp_path, fresh, fresh_optimizer)
     with pytest.raises(GPT2Error, match="no checkpoint to resume from"):
         load_training_checkpoint(tmp_path / "elsewhere", fresh, fresh_optimizer)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(small_disk) -> None:
+    from gpt2.checkpoint import TrainingProgress, checkpoint_dirs, load_training_checkpoint, save_training_checkpoint
+
+    model = ours_tiny()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    optimizer.step()
+    weights = sum(p.numel() * 4 for p in model.parameters())  # float32 bytes, saved once per folder
+    run = small_disk(f"{int(weights * 5.5) // 1024}k")  # room for one checkpoint (weights x 3) and model/, not two
+    save_training_checkpoint(run, model, optimizer, TrainingProgress(step=1), {"epoch": 0, "cursor": 1})
+    with pytest.raises(GPT2Error, match="the disk is full"):
+        save_training_checkpoint(run, model, optimizer, TrainingProgress(step=2), {"epoch": 0, "cursor": 2})
+    assert [p.name for p in checkpoint_dirs(run)] == ["step_0000001"]
+    assert not list((run / "checkpoints").glob(".tmp*"))
+    progress, _ = load_training_checkpoint(run, ours_tiny(), torch.optim.AdamW(ours_tiny().parameters()))
+    assert progress.step == 1

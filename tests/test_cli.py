@@ -162,3 +162,24 @@ def test_every_option_of_every_command_says_what_it_is(name: str) -> None:
             elif not isinstance(action, argparse._HelpAction):
                 words = (action.help or "").replace("(default", "").split()
                 assert len(words) >= 3, f"gpt2 {name}: {action.option_strings or action.dest} has no sentence of help"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["generate", "--help"], ["generate", "--prompt", "x", "--max-new-tokens", "3"]]
+)
+def test_a_reader_that_goes_away_ends_quietly(model_dir: Path, argv: list[str]) -> None:
+    """`gpt2 ... | head`, or a reader gone before the first line: no BrokenPipeError traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    if argv[-1] == "3":
+        argv = [*argv, "--model", str(model_dir)]
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gpt2", *argv], stdout=write, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

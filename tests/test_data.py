@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +113,60 @@ def test_prepare_val_split_and_resume_after_interruption(tmp_path: Path, gpt2_to
         prepare(PrepareConfig([str(tmp_path / "corpus")], str(tok_dir), str(out), val_fraction=0.5), False)
 
 
+def test_prepare_knows_a_copied_corpus_and_refuses_a_changed_one(tmp_path: Path, gpt2_tokenizer) -> None:
+    write_corpus(tmp_path / "corpus")
+    gpt2_tokenizer.save_pretrained(tmp_path / "tok")
+    first = prepare(PrepareConfig([str(tmp_path / "corpus")], str(tmp_path / "tok"), str(tmp_path / "out"), 0.0), False)
+    assert {e["file"] for e in first["inputs"]} == {"a.txt", "b.jsonl", "c.jsonl.gz", "d.jsonl.zst"}
+    shutil.copytree(tmp_path / "corpus", tmp_path / "moved" / "corpus", copy_function=shutil.copy)  # new times
+    shutil.copytree(tmp_path / "out", tmp_path / "moved" / "out")
+    again = prepare(
+        PrepareConfig(
+            [str(tmp_path / "moved" / "corpus")], str(tmp_path / "tok"), str(tmp_path / "moved" / "out"), 0.0
+        ),
+        False,
+    )
+    assert again["splits"] == first["splits"]
+    a = tmp_path / "moved" / "corpus" / "a.txt"
+    a.write_text(a.read_text().replace("quick", "QUICK"))  # same size, other bytes
+    with pytest.raises(GPT2Error, match="other inputs or settings"):
+        prepare(PrepareConfig([str(a.parent)], str(tmp_path / "tok"), str(tmp_path / "moved" / "out"), 0.0), False)
+
+
+@pytest.mark.slow
+def test_prepare_killed_outright_resumes_from_its_last_progress_record(tmp_path: Path, shared_data: Path) -> None:
+    """A real SIGKILL, as training's resume test does: progress is recorded every --save-every seconds, so
+    the resumed run re-reads only what came after, and the shards hold the same tokens as an uninterrupted run."""
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text("utf-8")
+    scenes = text.split("\n\n")
+    with open(tmp_path / "plays.jsonl", "w", encoding="utf-8") as f:
+        for copy in range(12):
+            f.writelines(json.dumps({"text": f"{copy}: {scene}"}) + "\n" for scene in scenes)
+    vocab = str(shared_data / "gpt2-vocab")
+    args = ["--input", str(tmp_path / "plays.jsonl"), "--tokenizer", vocab, "--quiet", "--val-fraction", "0.01"]
+    run = [sys.executable, "-m", "gpt2", "prepare", *args, "--save-every", "0.2"]
+    proc = subprocess.Popen([*run, "--output", str(tmp_path / "killed")], stderr=subprocess.PIPE)
+    manifest = tmp_path / "killed" / "manifest.json"
+    deadline, done = time.time() + 120, 0
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            done = json.loads(manifest.read_text())["documents_done"]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done > 0:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 0 < done < 12 * len(scenes), proc.stderr.read().decode()[-2000:]
+    assert not json.loads(manifest.read_text())["complete"]
+    subprocess.run([*run, "--output", str(tmp_path / "killed")], check=True)
+    subprocess.run([*run, "--output", str(tmp_path / "whole"), "--save-every", "1000"], check=True)
+    for split in ("train", "val"):
+        assert all_tokens(tmp_path / "killed", split) == all_tokens(tmp_path / "whole", split)
+    assert len(json.loads(manifest.read_text())["splits"]["train"]["shards"]) > 1  # progress was recorded
+
+
 def test_prepare_bad_input(tmp_path: Path, gpt2_tokenizer) -> None:
     tok_dir = tmp_path / "tok"
     gpt2_tokenizer.save_pretrained(tok_dir)
@@ -185,3 +245,17 @@ def test_compressed_text_files_in_folders(tmp_path: Path, gpt2_tokenizer) -> Non
         "second document",
     ]
     assert (tmp_path / "o" / "manifest.json").stat().st_mode & 0o044  # readable by others, as files usually are
+
+
+def test_prepare_on_a_full_disk_is_one_line(tmp_path: Path, shared_data: Path, small_disk) -> None:
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog " * 40_000, "utf-8")
+    disk = small_disk("128k")
+    tok = ["--tokenizer", str(shared_data / "gpt2-vocab")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt2", "prepare", "--input", str(tmp_path / "corpus.txt"), *tok, "--output",
+         str(disk / "data"), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and "the disk is full" in proc.stderr and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr

@@ -74,3 +74,12 @@ def test_bad_input_is_a_clear_error_or_one_warning(tmp_path: Path) -> None:
         reader.warn_invalid()
     with pytest.raises(GPT2Error, match="no such file or folder"):
         input_files([tmp_path / "missing"])
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(small_disk) -> None:
+    disk = small_disk("64k")
+    atomic_write(disk / "state.json", b"old and complete")
+    with pytest.raises(GPT2Error, match=r"state.json: the disk is full \(200,000 bytes needed, [\d,]+ bytes free\)"):
+        atomic_write(disk / "state.json", b"x" * 200_000)
+    assert (disk / "state.json").read_bytes() == b"old and complete"
+    assert [p.name for p in disk.iterdir()] == ["state.json"]

@@ -148,3 +148,21 @@ def test_a_stale_build_lock_is_cleared_and_a_live_one_kept(monkeypatch, tmp_path
         os.utime(lock, (old, old))
         kernels._build()
     assert not lock.exists()
+
+
+def test_the_first_build_says_so_on_stderr_and_a_cached_one_is_silent(monkeypatch, tmp_path, capsys) -> None:
+    from torch.utils import cpp_extension
+
+    def fake_build(**kw) -> None:  # what torch's builder leaves behind: the library, named after the build
+        (Path(kw["build_directory"]) / f"{kw['name']}.so").touch()
+
+    monkeypatch.setattr(cpp_extension, "load", fake_build)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with warnings.catch_warnings():  # the fake build registers no op
+        warnings.simplefilter("ignore")
+        kernels._build()
+        first = capsys.readouterr().err
+        kernels._build()
+    assert first.count("\n") == 1 and "compiling the CPU decoding kernel once for this machine" in first
+    assert capsys.readouterr().err == ""

@@ -144,6 +144,30 @@ def test_resume_after_sigkill_is_bit_identical(data_dir: Path, tmp_path: Path, m
     assert ma == mb
 
 
+def test_resume_after_a_torn_metrics_line_with_any_prompt_and_says_where(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from gpt2.cli import main
+
+    prompt = 'Emoji 😀, "quotes", a backslash \\ and\na new line'
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        **{**SMALL, "data": str(data_dir)}, out=str(out), max_steps=4, eval_interval=2, sample_prompt=prompt
+    )
+    train(cfg, progress=False)
+    assert load_config(str(out / "train_config.toml"), {}).sample_prompt == prompt  # TOML written by a writer
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "loss": 3.1')  # a kill in the middle of a line
+    capsys.readouterr()
+    main(["train", "--resume", str(out), "--max-steps", "6", "--quiet"])
+    assert "resuming " + str(out) + " from step 4 of 6" in capsys.readouterr().err
+    assert [r["step"] for r in metrics(out)] == [1, 2, 4, 6]
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", str(out), "--max-steps", "3", "--quiet"])
+    assert e.value.code == 1
+    assert "is at step 6 already, past --max-steps 3" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = TrainConfig(data=str(data_dir), out=str(out), max_steps=4, eval_interval=2, **SMALL)

@@ -15,6 +15,7 @@ replicated (one process, DDP) runs: how full state dicts are gathered and scatte
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import torch
 
 from gpt2.errors import GPT2Error
 from gpt2.hub import HUB_MODELS, snapshot
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, disk_full
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
@@ -282,7 +283,11 @@ def save_training_checkpoint(
     tmp = root / f".tmp_step_{progress.step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     config = model.config.to_dict()
-    write_model_folder(tmp, model_state, config, tokenizer)
+    try:
+        write_model_folder(tmp, model_state, config, tokenizer)
+    except GPT2Error:  # a full disk: drop the half-written folder, keep the checkpoints that are whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     state = {
         "step": progress.step,
         "tokens_seen": progress.tokens_seen,
@@ -294,9 +299,16 @@ def save_training_checkpoint(
         "world_size": world_size,
     }
     tmp_state = tmp / TRAINING_STATE
-    torch.save(state, tmp_state)
-    with open(tmp_state, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        torch.save(state, tmp_state)
+        with open(tmp_state, "rb") as f:
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch's writer reports a full disk as a RuntimeError of its own
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = sum(t.numel() * t.element_size() for t in _tensors(optim_state))
+        if getattr(e, "errno", None) != errno.ENOSPC and shutil.disk_usage(root).free >= needed:
+            raise
+        raise disk_full(tmp_state, needed) from None
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     write_model_folder(run_dir / "model", model_state, config, tokenizer)
@@ -307,6 +319,17 @@ def save_training_checkpoint(
     for p in checkpoint_dirs(run_dir):
         if p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors inside nested dicts and lists (an optimizer's state)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in _tensors(v)]
+    if isinstance(tree, (list, tuple)):
+        return [t for v in tree for t in _tensors(v)]
+    return []
 
 
 def load_training_checkpoint(

@@ -3,7 +3,9 @@ runs, so `gpt2 --help` answers at once and each command loads only the libraries
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 import warnings
 
@@ -33,8 +35,30 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
 
 def main(argv: list[str] | None = None) -> None:
     from gpt2.errors import GPT2Error
+    from gpt2.io import disk_full
 
-    argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _one_line_warning
+    try:
+        dispatch(sys.argv[1:] if argv is None else argv)
+    except GPT2Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # `gpt2 ... | head`: the reader has gone, and with it the need to print
+        # Python flushes stdout once more at exit and would report a second BrokenPipeError; point it at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: {disk_full(e.filename or 'a file')}", file=sys.stderr)
+        sys.exit(1)
+
+
+def dispatch(argv: list[str]) -> None:
+    """Run the command named by argv[0] with the rest of argv."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return
@@ -47,18 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    warnings.formatwarning = _one_line_warning
-    try:
-        module = importlib.import_module(f"gpt2.commands.{COMMANDS[name][0]}")
-        module.run(rest)
-    except GPT2Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # `gpt2 generate ... | head`
-        sys.exit(0)
+    importlib.import_module(f"gpt2.commands.{COMMANDS[name][0]}").run(rest)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Each document is preceded by <|endoftext|>, as in GPT-2's training data, so the 
 
 Shards are written to a temp file and renamed, and the header's token count must match the file size, so a
 half-written shard never looks whole. The manifest records every finished shard and how many documents they
-hold; an interrupted `gpt2 prepare` run again with the same arguments skips those documents.
+hold, at least every few seconds of work (a shard ends there early); an interrupted `gpt2 prepare` run again with
+the same arguments skips those documents. Inputs are identified by path (relative to their common folder), size
+and sha256, so changed files are refused and a copied corpus is recognised.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import struct
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpt2.errors import GPT2Error
+from gpt2.hub import sha256_file
 from gpt2.io import DocumentReader, atomic_write, input_files
 from gpt2.tokenizer import Tokenizer
 
@@ -77,6 +81,7 @@ class PrepareConfig:
     shard_tokens: int = 100_000_000
     piece_tokens: int = 2048  # documents longer than this are split into pieces for the train/val routing
     text_field: str = "text"
+    save_every: float = 5.0  # seconds of work between progress records (shards written, manifest updated)
 
 
 def is_val(piece_index: int, fraction: float) -> bool:
@@ -85,8 +90,26 @@ def is_val(piece_index: int, fraction: float) -> bool:
     return math.floor((piece_index + 1) * fraction) > math.floor(piece_index * fraction)
 
 
+def describe_inputs(files: list[Path], known: list[Any] | None = None) -> list[dict[str, Any]]:
+    """What identifies each input: its path relative to the inputs' common folder (so that a copied or moved
+    corpus is the same corpus), its size and a sha256 of its bytes. The sha256 is reused from `known` (an earlier
+    manifest's entries) when path, size and modification time all match, so a resumed run does not re-read it."""
+    root = Path(os.path.commonpath([p.resolve().parent for p in files]))
+    earlier = {e["file"]: e for e in known or () if isinstance(e, dict)}
+    entries = []
+    for path in files:
+        st = path.stat()
+        name = path.resolve().relative_to(root).as_posix()
+        old = earlier.get(name)
+        same = old is not None and (old.get("bytes"), old.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
+        digest = old["sha256"] if same else sha256_file(path)
+        entries.append({"file": name, "bytes": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns})
+    return entries
+
+
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
-    """Tokenize cfg.inputs into shards in cfg.output; returns the manifest. Resumes an interrupted run."""
+    """Tokenize cfg.inputs into shards in cfg.output; returns the manifest. Resumes an interrupted run from its
+    last progress record (written at least every cfg.save_every seconds of work)."""
     from tqdm import tqdm
 
     if not 0.0 <= cfg.val_fraction < 1.0:
@@ -96,20 +119,24 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    inputs = describe_inputs(files, old.get("inputs") if old else None)
     identity = {
-        "inputs": [str(p) for p in files],
+        "inputs": [{k: v for k, v in entry.items() if k != "mtime_ns"} for entry in inputs],
         "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size},
         "val_fraction": cfg.val_fraction,
         "shard_tokens": cfg.shard_tokens,
         "piece_tokens": cfg.piece_tokens,
     }
     manifest: dict[str, Any] = {"format": "gpt2-token-shards", "version": VERSION, **identity, "complete": False}
+    manifest["inputs"] = inputs
     manifest["splits"] = {s: {"shards": [], "tokens": 0, "documents": 0} for s in ("train", "val")}
     manifest["documents_done"] = manifest["pieces_done"] = 0
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if any(old.get(k) != v for k, v in identity.items()):
+    if old is not None:
+        old_identity = {**old, "inputs": [{k: v for k, v in e.items() if k != "mtime_ns"} for e in old["inputs"]]}
+        if any(old_identity.get(k) != v for k, v in identity.items()):
             raise GPT2Error(f"{out} already holds shards prepared from other inputs or settings; use a new --output")
+        old["inputs"] = inputs  # the same files; their times may differ (a copied folder)
         if old.get("complete"):
             return old
         manifest = old
@@ -126,6 +153,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
 
     def flush(final: bool = False) -> None:
         """Write both splits' buffers as shards and record them: the manifest is the resume point."""
+        nonlocal saved
         for split, parts in buffers.items():
             if not parts:
                 continue
@@ -141,8 +169,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
             manifest["splits"][split]["documents"] += doc_counts[split]
             doc_counts[split] = 0
         manifest["documents_done"], manifest["pieces_done"], manifest["complete"] = documents, piece, final
-        atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        atomic_write(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        saved = time.monotonic()
 
+    saved = time.monotonic()
     bar = tqdm(desc="tokenizing", unit="doc", disable=not progress, initial=skip)
     batch: list[str] = []
 
@@ -160,7 +190,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
             for split in splits_seen:
                 doc_counts[split] += 1
             documents += 1
-            if pending["train"] >= cfg.shard_tokens:
+            if pending["train"] >= cfg.shard_tokens or time.monotonic() - saved >= cfg.save_every:
                 flush()
         bar.update(len(texts))
 

@@ -13,10 +13,12 @@ trainer, checkpoints and downloads can all use it without importing one another.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,9 +38,10 @@ os.umask(_UMASK)
 
 # ------------------------------------------------------------------------------------------------ writing
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", size: int | None = None) -> Iterator[IO]:
     """A file to write `path` through: a temp file in the same folder, renamed over `path` when the block ends
-    without an exception (readers see the old file or the new one, never half of one), removed otherwise."""
+    without an exception (readers see the old file or the new one, never half of one), removed otherwise.
+    A full disk is one GPT2Error naming the file (and `size`, the bytes it needed, when known)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -49,6 +52,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give them the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full(path, size) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -56,8 +63,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` (str as UTF-8) to `path` atomically (see atomic_open)."""
-    with atomic_open(path) as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_open(path, size=len(raw) if isinstance(raw, bytes) else None) as f:
+        f.write(raw)
+
+
+def disk_full(path: str | os.PathLike, needed: int | None = None) -> GPT2Error:
+    """The error for a write that ran out of disk: which file, how much it needed and how much is free."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{needed:,} bytes needed, " if needed is not None else ""
+    return GPT2Error(f"{path}: the disk is full ({need}{free}); what was written before is kept, complete")
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -68,6 +68,12 @@ def _build() -> Callable[..., torch.Tensor] | None:
         lock = build_dir / "lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
             lock.unlink(missing_ok=True)
+        if not (build_dir / f"{name}.so").exists():  # the first decode on this machine waits for the compiler
+            print(
+                f"gpt2: compiling the CPU decoding kernel once for this machine (about 10 s; cached in {build_dir})",
+                file=sys.stderr,
+                flush=True,
+            )
         cpp_extension.load(
             name=name,
             sources=[str(SOURCE)],

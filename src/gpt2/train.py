@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ _PEAKS: dict[tuple[str, str], float] = {}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
-    """This machine's measured matmul FLOP/s in the training dtype: the denominator of MFU."""
+    """This machine's measured matmul FLOP/s in the training dtype: the denominator of MFU. Measured, not the
+    datasheet's peak: a square matmul of the training dtype, timed here, so MFU reads "of what this device's
+    matmul reaches", which is higher than against the hardware's theoretical peak."""
     key = (str(device), str(dtype))
     if key not in _PEAKS:
         n = 4096 if device.type == "cuda" else 1024
@@ -164,6 +167,15 @@ def build_model(cfg: TrainConfig, manifest: dict[str, Any], data_tok: Tokenizer)
     return GPT(config), data_tok
 
 
+def logged(line: str) -> dict[str, Any] | None:
+    """A metrics.jsonl record, or None for a blank line or one cut short by a kill."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         self.cfg = cfg
@@ -259,11 +271,20 @@ class Trainer:
             self.out, self.raw_model, self.optimizer, sharded=self.sharded
         )
         self.train_loader.load_state_dict(loader_state)
-        if self.dist.main:  # forget metrics logged after the checkpoint: those steps run again
+        step = self.progress.step
+        if step > self.cfg.max_steps:
+            raise GPT2Error(
+                f"{self.out} is at step {step} already, past --max-steps {self.cfg.max_steps}; give a larger "
+                f"--max-steps to extend the run"
+            )
+        if self.dist.main:
+            done = " (already finished: give a larger --max-steps to extend it)" if step == self.cfg.max_steps else ""
+            print(f"resuming {self.out} from step {step} of {self.cfg.max_steps}{done}", file=sys.stderr, flush=True)
+            # forget metrics logged after the checkpoint (those steps run again), and a last line a kill cut short
             metrics = self.out / "metrics.jsonl"
-            lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.progress.step]
-            atomic_write(metrics, "".join(kept))
+            lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True) if metrics.exists() else []
+            kept = [line for line in lines if (record := logged(line)) is not None and record["step"] <= step]
+            atomic_write(metrics, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
 
     # -------------------------------------------------------------------------------------------- loop
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -420,7 +441,8 @@ class Trainer:
                 if self.dist.main and (self.progress.step % cfg.log_interval == 0 or is_eval):
                     line = (
                         f"step {self.progress.step}: loss {loss:.4f}, lr {record['lr']:.2e}, "
-                        f"grad norm {grad_norm:.3f}, {tps:,.0f} tokens/s, MFU {record['mfu']:.1%}"
+                        f"grad norm {grad_norm:.3f}, {tps:,.0f} tokens/s, "
+                        f"MFU {record['mfu']:.1%} of the measured matmul peak"
                     )
                     if "val_loss" in record:
                         line += f", val loss {record['val_loss']:.4f}"

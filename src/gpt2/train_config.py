@@ -6,10 +6,9 @@ Kept apart from the training loop so that reading options (`gpt2 train --help`) 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +69,10 @@ class TrainConfig:
     seed: int = option(1337, "seed of the initial weights, the data order and the samples")
 
     def to_toml(self) -> str:
-        lines = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            text = (
-                json.dumps(value)
-                if isinstance(value, str)
-                else str(value).lower()
-                if isinstance(value, bool)
-                else repr(value)
-            )
-            lines.append(f"{f.name} = {text}")
-        return "\n".join(lines) + "\n"
+        """The configuration as TOML, every field in order; load_config reads it back unchanged."""
+        import tomli_w
+
+        return tomli_w.dumps(asdict(self))
 
 
 # Starting points by model size. The paper's four sizes: 1024 context and 512 sequences a step, as in GPT-2; the

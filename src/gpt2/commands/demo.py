@@ -12,6 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
+from gpt2.errors import GPT2Error
+
 PROMPTS = ["The", "A list is", "To open a file,"]
 
 
@@ -25,12 +27,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=4096, help="tokens in the learned BPE vocabulary (default 4096)")
     p.add_argument("--max-steps", type=int, default=1200, help="training steps (default 1200)")
     p.add_argument("--model", default="gpt2-tiny", help="model preset (default gpt2-tiny)")
+    p.add_argument("--overwrite", action="store_true", help="train again over an earlier demo's model in --out")
     return p
 
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
-    run_demo(Path(a.out), a.input, a.vocab_size, a.max_steps, a.model)
+    run_demo(Path(a.out), a.input, a.vocab_size, a.max_steps, a.model, overwrite=a.overwrite)
 
 
 def run_demo(
@@ -41,8 +44,10 @@ def run_demo(
     model: str = "gpt2-tiny",
     seq_len: int = 128,
     batch_size: int = 16,
+    overwrite: bool = False,
 ) -> None:
-    """Each stage of the pipeline in turn, printing what it made."""
+    """Each stage of the pipeline in turn, printing what it made. The corpus, tokenizer and shards of an earlier
+    demo in `out` are reused; its trained model is replaced only with `overwrite`."""
     from gpt2.bpe_train import train_bpe
     from gpt2.data import PrepareConfig, prepare
     from gpt2.generate import generate
@@ -52,6 +57,12 @@ def run_demo(
     from gpt2.tokenizer import Tokenizer
     from gpt2.train import TrainConfig, train
 
+    run_dir = out / "run"
+    if run_dir.exists() and not overwrite:
+        raise GPT2Error(
+            f"{run_dir} holds the model of an earlier demo; pass --overwrite to train it again (the old one is "
+            f"deleted), or --out another folder"
+        )
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if inputs:
@@ -76,8 +87,7 @@ def run_demo(
     print(f"      {train_tokens:,} train tokens, {val_tokens:,} val tokens")
 
     print(f"[4/5] train: {model} from scratch for {max_steps} steps")
-    run_dir = out / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own output from an earlier run
+    shutil.rmtree(run_dir, ignore_errors=True)  # an earlier demo's model, which --overwrite allowed
     cfg = TrainConfig(
         data=str(data),
         out=str(run_dir),

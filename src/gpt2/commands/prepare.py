@@ -13,6 +13,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out (default 0.005)")
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100M)")
     p.add_argument("--text-field", default="text", help="JSON Lines field holding the text (default: text)")
+    p.add_argument(
+        "--save-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="record progress (finished shards, documents done) at least this often, for resuming (default 5)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -21,7 +28,9 @@ def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
     from gpt2.data import PrepareConfig, prepare
 
-    cfg = PrepareConfig(a.input, a.tokenizer, a.output, a.val_fraction, a.shard_tokens, text_field=a.text_field)
+    cfg = PrepareConfig(
+        a.input, a.tokenizer, a.output, a.val_fraction, a.shard_tokens, text_field=a.text_field, save_every=a.save_every
+    )
     m = prepare(cfg, progress=not a.quiet)
     train, val = m["splits"]["train"], m["splits"]["val"]
     print(
