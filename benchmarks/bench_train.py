@@ -91,7 +91,7 @@ def time_steps(loss_fn, opt, model, batch: int, seq: int, vocab: int, amp: torch
 def throughput(args: argparse.Namespace) -> None:
     peaks = {d: peak_flops(torch.float32 if d == "float32" else torch.bfloat16) for d in args.dtypes}
     for d, p in peaks.items():
-        print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s")
+        print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s, measured here (MFU below is of this, not of a datasheet peak)")
     print(f"{'shape':<10} {'dtype':<9} {'impl':<13} {'tokens/s':>9} {'MFU':>6} {'vs peer':>8}")
     for shape in args.shapes:
         config = GPTConfig.from_name(shape)

@@ -57,9 +57,21 @@ def test_bleu_by_hand():
 
 def test_rouge_by_hand():
     s = rouge_f1(["the cat sat"], ["the cat ran"])
-    # unigrams 2/3 both ways; bigrams "the cat" of 2; LCS "the cat" = 2 of 3
-    assert s == pytest.approx({"rouge1": 200 / 3, "rouge2": 50.0, "rougeL": 200 / 3})
+    # unigrams 2/3 both ways; bigrams "the cat" of 2; LCS "the cat" = 2 of 3 (one sentence: rougeLsum = rougeL)
+    assert s == pytest.approx({"rouge1": 200 / 3, "rouge2": 50.0, "rougeLsum": 200 / 3, "rougeL": 200 / 3})
     assert rouge_f1(["a b", "c d"], ["a b", "x y"])["rouge1"] == pytest.approx(50.0)  # mean over examples
+
+
+def test_rouge_lsum_is_summary_level_lcs_over_sentences():
+    # sentences in the other order: one LCS over the whole text finds "a b" (or "c d"), 2 of 4 tokens -> 50;
+    # the summary-level LCS (ROUGE-1.5.5's ROUGE-L, Table 4's R-L) matches each reference sentence with the
+    # prediction's sentences: "a b" and "c d" both found, 4 of 4 -> 100
+    s = rouge_f1(["c d\na b"], ["a b\nc d"])
+    assert s["rougeL"] == pytest.approx(50.0) and s["rougeLsum"] == pytest.approx(100.0)
+    assert s["rouge1"] == pytest.approx(100.0)  # n-grams ignore the line breaks
+    # union LCS: reference sentence "a b c d" against prediction sentences "a x" and "c y": union {a, c} -> 2 of 4
+    s = rouge_f1(["a x\nc y"], ["a b c d"], ("rougeLsum",))
+    assert s == pytest.approx({"rougeLsum": 100 * 2 * (2 / 4) * (2 / 4) / (2 / 4 + 2 / 4)})
 
 
 def test_perplexity_and_bits():

@@ -98,6 +98,8 @@ WSC_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
 SGM = '<srcset setid="newstest2014" srclang="any">\n<doc docid="1" genre="news" origlang="en">\n{}</doc>\n</srcset>\n'
 EN = ["The cat sat on the mat.", "It is raining today.", "I like green tea. It is good.", "Where is the station?"]
 FR = ["Le chat est sur le tapis.", "Il pleut aujourd'hui.", "J'aime le thé vert. Il est bon.", "Où est la gare ?"]
+DEV_EN = ["Dev sentence one.", "Dev sentence two.", "Dev sentence three."]
+DEV_FR = ["Phrase de dev un.", "Phrase de dev deux.", "Phrase de dev trois."]
 WIKI = (
     " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n"
     " = Beta = \n Beta too . \n"
@@ -147,6 +149,10 @@ def official(tmp_path_factory) -> Path:
         ref = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(t_lines, 1))
         write(f"wmt14-en-fr/newstest2014-fren-src.{src}.sgm", SGM.format(seg))
         write(f"wmt14-en-fr/newstest2014-fren-ref.{tgt}.sgm", SGM.format(ref))
+    for lang, lines in (("en", DEV_EN), ("fr", DEV_FR)):  # newstest2013, the validation set, both sides
+        for side in ("src", "ref"):
+            seg = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(lines, 1))
+            write(f"wmt14-en-fr/newstest2013-{side}.{lang}.sgm", SGM.format(seg))
     qa = [{"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"]}]
     write("nq_open/NQ-open.dev.jsonl", "".join(json.dumps(q) + "\n" for q in qa * 2))
     write(
@@ -174,8 +180,8 @@ def test_official_formats_parse(official, monkeypatch):
         3,
     )
     assert wmt.read_sgm(official / "wmt14-en-fr/newstest2014-fren-src.en.sgm") == EN
-    assert perplexity.wikitext_articles(WIKI) == [
-        " = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n",
+    assert perplexity.wikitext_articles(WIKI) == [  # the blank line before the first title goes with it
+        " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n",
         " = Beta = \n Beta too . \n",
     ]
     schemas = winograd.read_wsc(official / "wsc273/WSCollection.xml")
@@ -187,8 +193,8 @@ def test_official_formats_parse(official, monkeypatch):
     )
     assert articles == [("CNN text.", "One"), ("Daily Mail text. More.", "Two\nThree")]
     monkeypatch.setattr(perplexity, "TEST_SIZE", 9)
-    assert perplexity.test_slice("ab\u00e9cdefghij".encode(), "byte") == "cdefghij"  # starts after the split é
-    assert perplexity.test_slice("ab\u00e9cdefghij".encode(), "char") == "\u00e9cdefghij"
+    assert perplexity.tail_split("ab\u00e9cdefghij".encode(), "byte") == b"\xa9cdefghij"  # starts inside the é
+    assert perplexity.tail_split("ab\u00e9cdefghij".encode(), "char") == "\u00e9cdefghij"
 
 
 def test_real_shared_files_parse(shared_data):
@@ -196,7 +202,7 @@ def test_real_shared_files_parse(shared_data):
     assert len(texts) == 5153 and lambada.split_last_word(texts[0])[1] == " signs"
     raw = (shared_data / "wikitext-2-raw/wiki.test.raw").read_text(encoding="utf-8")
     articles = perplexity.wikitext_articles(raw)
-    assert articles[0].startswith(" = Robert Boulter = ") and "".join(articles).strip() == raw.strip()
+    assert articles[0].startswith(" \n = Robert Boulter = ") and "".join(articles) == raw and len(articles) == 62
     assert len(perplexity._ptb(shared_data / "ptb/ptb.test.txt", None)[0].splitlines()) == 3761
     wsc = winograd.read_wsc(shared_data / "wsc273/WSCollection.xml")
     assert len(wsc) == 285 and wsc[272].before.startswith("Carol believed that Rebecca regretted that")
@@ -386,10 +392,47 @@ def test_cli_writes_json_for_several_models_and_prints_the_table(model_dir, offi
     args = ["eval", "--model", str(model_dir), "--model", str(model_dir), "--tasks", "lambada,ptb"]
     main([*args, "--data-dir", str(official), "--offline", "--output", str(out), "--limit", "1"])
     runs = json.loads(out.read_text())
-    assert [set(r) for r in runs] == [{"model", "tasks", "protocol"}] * 2
+    assert [set(r) for r in runs] == [{"model", "tasks", "protocol", "skipped"}] * 2
     assert runs[0]["tasks"] == runs[1]["tasks"] and runs[0]["tasks"]["lambada"]["n"] == 1
     table = capsys.readouterr().out
     assert "| paper GPT-2 117M | 35.13 |" in table and table.count(str(model_dir)) == 2
+    assert (tmp_path / "results.md").read_text() == table  # the table, written beside the JSON
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]  # no temp files left
+
+
+def test_cli_all_runs_what_is_present_and_reports_the_rest(model_dir, official, tmp_path, capsys):
+    from gpt2.cli import main
+
+    data = tmp_path / "data"
+    for rel in ("lambada/lambada_test.jsonl", "ptb/ptb.test.txt"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes((official / rel).read_bytes())
+    out = tmp_path / "results.json"
+    main(["eval", "--model", str(model_dir), "--tasks", "all", "--data-dir", str(data), "--offline"]
+         + ["--output", str(out), "--limit", "1"])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert set(result["tasks"]) == {"lambada", "ptb"}
+    assert set(result["skipped"]) == set(TASKS) - {"lambada", "ptb"}
+    captured = capsys.readouterr()
+    for name, reason in result["skipped"].items():
+        assert "\n" not in reason and "is missing; get it from" in reason, name
+        assert f"{name}: skipped: {reason}\n" in captured.err
+    assert (
+        "wmt14-en-fr/newstest2014-fren-src.en.sgm is missing; get it from https://statmt.org/wmt14/test-full.tgz"
+        in (result["skipped"]["wmt14-en-fr"])
+    )
+    table = (tmp_path / "results.md").read_text()
+    assert table == captured.out and "- cbt-cn: " in table and "| lambada ppl" in table
+
+
+def test_cli_all_fails_with_one_line_when_nothing_ran(model_dir, tmp_path, capsys):
+    from gpt2.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", str(model_dir), "--tasks", "all", "--data-dir", str(tmp_path), "--offline"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("error: ") == 1
+    assert f"error: no task ran: the data of all {len(TASKS)} tasks is missing (lambada, cbt-cn," in err
 
 
 def test_cli_errors_exit_1_with_one_line(model_dir, tmp_path, capsys):
@@ -442,22 +485,92 @@ def test_generation_tasks_prompts_and_scoring(official, tiny, gpt2_tokenizer, mo
     # "barn" against ["in a barn", "a barn" x 3]: every leave-one-out maximum is "a barn" -> EM 1, F1 1
     assert t["coqa"]["em"] == 100.0 and t["coqa"]["f1"] == 100.0
     first, *_, last = seen["wmt"][0].split("\n")
-    assert last == f"{EN[0]} =" and " = " in first  # one example pair, then the sentence
+    assert last == f"{EN[0]} =" and first in {f"{e} = {f}" for e, f in zip(DEV_EN, DEV_FR, strict=True)}
+    assert r["protocol"]["tasks"]["wmt14-en-fr"]["shots_from"]["set"] == "newstest2013 (validation)"
     assert t["wmt14-en-fr"]["bleu"] == pytest.approx(
         corpus_bleu([s.split(". ")[0] + "." if ". " in s else s for s in FR], FR)
     )
     assert seen["cnn"][0] == "CNN text.\nTL;DR:"
-    assert t["cnn_dm"]["rouge1"] == pytest.approx(rouge_f1(["One. Two! Three?"] * 2, ["One", "Two\nThree"])["rouge1"])
-    # with the validation set present, WMT's example pairs come from it
-    for lang, text in (("en", "Dev sentence."), ("fr", "Phrase de dev.")):
-        (official / "wmt14-en-fr" / f"newstest2013.{lang}").write_text(text + "\n")
-    try:
-        r = evaluate(tiny, gpt2_tokenizer, "wmt14-en-fr", data_dir=official, offline=True, shots=1, limit=1)
-    finally:
-        for lang in ("en", "fr"):
-            (official / "wmt14-en-fr" / f"newstest2013.{lang}").unlink()
-    assert seen["wmt"] == [f"Dev sentence. = Phrase de dev.\n{EN[0]} ="]
-    assert r["protocol"]["tasks"]["wmt14-en-fr"]["shots_from"] == "newstest2013 (validation)"
+    # the summary's sentences one per line, as the reference's highlights are: rougeLsum is Table 4's R-L
+    expected = rouge_f1(["One.\nTwo!\nThree?"] * 2, ["One", "Two\nThree"])
+    for m in ("rouge1", "rouge2", "rougeLsum"):
+        assert t["cnn_dm"][m] == pytest.approx(expected[m]), m
+    assert t["cnn_dm"]["rougeL_unsplit"] == pytest.approx(expected["rougeL"])
+    assert t["cnn_dm"]["rouge_avg"] == pytest.approx(
+        (expected["rouge1"] + expected["rouge2"] + expected["rougeLsum"]) / 3
+    )
+
+
+def test_wmt_examples_come_from_newstest2013_never_from_the_test_set(shared_data, gpt2_tokenizer, monkeypatch):
+    torch.manual_seed(0)
+    wide = GPT(GPTConfig(n_positions=1024, n_layer=1, n_head=1, n_embd=8)).eval()  # room for 5 unclipped examples
+    prompts: list[str] = []
+
+    def fake(ctx, batch, max_new_tokens, **kw):  # noqa: ANN001, ANN003
+        prompts.extend(batch)
+        return [" x"] * len(batch)
+
+    monkeypatch.setattr(wmt, "generate_all", fake)
+    for src, tgt in (("en", "fr"), ("fr", "en")):
+        prompts.clear()
+        name = f"wmt14-{src}-{tgt}"
+        r = evaluate(wide, gpt2_tokenizer, name, data_dir=shared_data, offline=True, limit=40)
+        folder = shared_data / "wmt14-en-fr"
+        test_src = set(wmt.read_sgm(folder / f"newstest2014-fren-src.{src}.sgm"))
+        test_ref = set(wmt.read_sgm(folder / f"newstest2014-fren-ref.{tgt}.sgm"))
+        dev = set(
+            zip(
+                wmt.read_sgm(folder / f"newstest2013-src.{src}.sgm"),
+                wmt.read_sgm(folder / f"newstest2013-ref.{tgt}.sgm"),
+                strict=True,
+            )
+        )
+        assert r["protocol"]["tasks"][name]["truncated_prompts"] == 0 and len(prompts) == 40
+        shots = [tuple(line.split(" = ", 1)) for p in prompts for line in p.split("\n")[:-1]]
+        assert len(shots) == 40 * 5
+        assert all(pair in dev for pair in shots)  # each example is a newstest2013 pair ...
+        assert not any(s in test_src or t in test_ref for s, t in shots)  # ... and shares nothing with the test set
+        assert r["protocol"]["tasks"][name]["shots_from"]["source"]["known_copy"] is True
+
+
+def test_wmt_without_the_validation_set_says_which_file_and_where(
+    official, tmp_path, tiny, gpt2_tokenizer, monkeypatch
+):
+    monkeypatch.setattr(wmt, "generate_all", lambda ctx, prompts, *a, **kw: [" x"] * len(prompts))
+    (tmp_path / "wmt14-en-fr").mkdir()
+    for name in ("newstest2014-fren-src.en.sgm", "newstest2014-fren-ref.fr.sgm"):  # the test set only
+        (tmp_path / "wmt14-en-fr" / name).write_bytes((official / "wmt14-en-fr" / name).read_bytes())
+    with pytest.raises(GPT2Error) as e:
+        evaluate(tiny, gpt2_tokenizer, "wmt14-en-fr", data_dir=tmp_path, offline=True)
+    message = str(e.value)
+    assert "\n" not in message and "never the test set" in message
+    assert f"{tmp_path}/wmt14-en-fr/newstest2013-src.en.sgm is missing" in message
+    assert "https://statmt.org/wmt13/test.tgz (member test/newstest2013-src.en.sgm)" in message
+    # zero-shot needs no examples, so no validation set
+    r = evaluate(tiny, gpt2_tokenizer, "wmt14-en-fr", data_dir=tmp_path, offline=True, shots=0)
+    assert r["tasks"]["wmt14-en-fr"]["n"] == 4 and r["protocol"]["tasks"]["wmt14-en-fr"]["shots_from"] is None
+
+
+def test_table_names_winograd_scoring_and_rouge_l_against_the_paper() -> None:
+    from gpt2.evaluate.report import markdown_table
+
+    run = {
+        "model": "m",
+        "tasks": {
+            "winograd": {"acc_partial": 60.0, "acc_full": 55.0},
+            "cnn_dm": {"rougeLsum": 25.0, "rouge_avg": 20.0},
+        },
+        "protocol": {},
+        "skipped": {"ptb": "ptb.test.txt is missing; get it from X"},
+    }
+    table = markdown_table([run])
+    header, _, ours, *rows = table.splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert "winograd acc (partial scoring)" in columns and "cnn_dm R-L" in columns
+    paper = next(r for r in rows if r.startswith("| paper GPT-2 1542M"))
+    cells = dict(zip(columns, [c.strip() for c in paper.strip("|").split("|")], strict=True))
+    assert cells["cnn_dm R-L"] == "26.58" and cells["winograd acc (partial scoring)"] == "70.70"
+    assert "- ptb: ptb.test.txt is missing; get it from X" in table
 
 
 def test_table_cells_stay_short_for_untrained_perplexities() -> None:

@@ -13,6 +13,7 @@ the optimizer, the step, every rank's RNG state and the data position, and is re
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from gpt2.checkpoint import (
 from gpt2.data import TokenLoader, load_manifest
 from gpt2.devices import pick_device, pick_dtype
 from gpt2.errors import GPT2Error
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, disk_full
 from gpt2.model import GPT, PRESETS, GPTConfig
 from gpt2.tokenizer import Tokenizer
 from gpt2.train_config import TrainConfig, with_absolute_paths
@@ -380,8 +381,14 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.dist.main:
             return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as e:  # a line cut short here is dropped on --resume
+            if e.errno == errno.ENOSPC:
+                raise disk_full(self.out / "metrics.jsonl", len(line.encode())) from None
+            raise
         if self.tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "tokens"):

@@ -1,4 +1,6 @@
-"""`gpt2 eval`: run the evaluation suite on one or more checkpoints; print the Markdown table, write the JSON."""
+"""`gpt2 eval`: run the evaluation suite on one or more checkpoints; print the Markdown table, write the JSON and
+the table. With `--tasks all`, tasks whose data is missing are skipped with their reason (on stderr, in the JSON
+and under the table); the command fails only if no task ran."""
 
 from __future__ import annotations
 
@@ -28,19 +30,35 @@ def parser() -> argparse.ArgumentParser:
         help="model folder or official name (gpt2, gpt2-medium, gpt2-large, gpt2-xl); repeat for several rows",
     )
     p.add_argument("--tokenizer", metavar="PATH_OR_NAME", help="tokenizer folder or name (default: each model's own)")
-    p.add_argument("--tasks", required=True, help="comma-separated task names, or 'all'")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated task names, or 'all' (which skips, saying why, the tasks whose data is missing)",
+    )
     p.add_argument("--data-dir", type=Path, help="folder laid out as ../shared/data (default: the download cache)")
-    p.add_argument("--offline", action="store_true", help="never download: a missing data file is an error")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download: a missing data file is an error (with --tasks all, its task is skipped)",
+    )
     p.add_argument("--shots", type=int, help="few-shot examples per prompt (default: each task's own protocol)")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task, in file order")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
     p.add_argument(
-        "--stride", type=int, help="perplexity windows' stride (default: the context, disjoint; the paper: 32)"
+        "--stride",
+        type=int,
+        help="perplexity windows' stride in tokens (default: the context, i.e. disjoint windows). The paper gives "
+        "the context (1024) but no stride; disjoint windows best match its figures, as overlap adds context and "
+        "lowers perplexity. The often quoted 32 is from a later comment by an author about raw WikiText.",
     )
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and top-k sampling seed (default 0)")
     p.add_argument("--cbt-split", choices=("valid", "test"), default="valid", help="CBT split (default valid)")
     add_device_options(p, "float32", "float32 (default), or bfloat16 for speed; auto: bfloat16 on a GPU that has it")
-    p.add_argument("--output", type=Path, help="write the results JSON here (atomically)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="write the results JSON here, and the Markdown table beside it (same name, .md); both atomically",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -52,8 +70,14 @@ def run(argv: list[str]) -> None:
     from gpt2.io import atomic_write
 
     tasks = parse_tasks(args.tasks)  # fail on a typo before loading anything
-    if args.output is not None and args.output.is_dir():
-        raise GPT2Error(f"--output {args.output} is a folder; give a file name such as results.json")
+    skip_missing = [t.strip() for t in args.tasks.split(",") if t.strip()] == ["all"]
+    table_path = None
+    if args.output is not None:
+        if args.output.is_dir():
+            raise GPT2Error(f"--output {args.output} is a folder; give a file name such as results.json")
+        table_path = args.output.with_suffix(".md")
+        if table_path == args.output:
+            raise GPT2Error(f"--output {args.output} ends in .md, the table's name beside it; give e.g. results.json")
     runs: list[dict[str, Any]] = []
     for name in args.model:
         model, tokenizer, device = load_model(name, args.tokenizer, args.device, args.dtype)
@@ -75,11 +99,13 @@ def run(argv: list[str]) -> None:
                 model_name=name,
                 progress=not args.no_progress and sys.stderr.isatty(),
                 log=sys.stderr,
+                skip_missing=skip_missing,
             )
         )
         del model
-        if args.output is not None:  # after every model, so that a later failure loses nothing
+        if table_path is not None:  # after every model, so that a later failure loses nothing
             payload = runs[0] if len(args.model) == 1 else runs
             atomic_write(args.output, json.dumps(payload, indent=2) + "\n")
-            print(f"wrote {args.output}", file=sys.stderr)
-    print(markdown_table(runs))
+            atomic_write(table_path, markdown_table(runs))
+            print(f"wrote {args.output} and {table_path}", file=sys.stderr)
+    print(markdown_table(runs), end="")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataDir
+from gpt2.evaluate.data import DataDir, MissingData
 from gpt2.evaluate.tasks import TASKS, Context
 
 if TYPE_CHECKING:
@@ -52,11 +52,15 @@ def evaluate(
     model_name: str | None = None,
     progress: bool = False,
     log: TextIO | None = None,
+    skip_missing: bool = False,
 ) -> dict[str, Any]:
-    """Run tasks on one model; returns {"model", "tasks": {task: {metric: value, "n": examples}}, "protocol"}.
+    """Run tasks on one model; returns {"model", "tasks": {task: {metric: value, "n": examples}}, "protocol",
+    "skipped": {task: reason}}.
 
     data_dir: a folder laid out as ../shared/data (default: the download cache). log: a text stream that gets one
-    line per finished task (metrics, time, examples/s).
+    line per finished task (metrics, time, examples/s) or skipped one. skip_missing: a task whose data is missing
+    (and cannot be downloaded) is skipped, its one-line reason (which says how to get the data) kept in "skipped",
+    rather than ending the run; a GPT2Error still ends it if no task ran.
     """
     names = parse_tasks(tasks)
     if limit is not None and limit < 1:
@@ -106,10 +110,19 @@ def evaluate(
             "units": "accuracy, F1, EM, ROUGE and BLEU in percent; bits per byte/character; perplexities",
             "tasks": {},
         },
+        "skipped": {},
     }
     for name in names:
         start = time.perf_counter()
-        r = TASKS[name].run(ctx)
+        try:
+            r = TASKS[name].run(ctx)
+        except MissingData as e:
+            if not skip_missing:
+                raise
+            results["skipped"][name] = str(e)
+            if log is not None:
+                print(f"{name}: skipped: {e}", file=log, flush=True)
+            continue
         seconds = time.perf_counter() - start
         results["tasks"][name] = {**r.metrics, "n": r.n}
         results["protocol"]["tasks"][name] = {
@@ -120,6 +133,14 @@ def evaluate(
         if log is not None:
             shown = ", ".join(f"{m} {v:.4g}" for m, v in r.metrics.items())
             print(f"{name}: {shown} (n={r.n}, {seconds:.1f} s, {r.n / seconds:.2f} examples/s)", file=log, flush=True)
+    if not results["tasks"]:
+        skipped = results["skipped"]
+        if len(skipped) == 1:
+            raise MissingData(next(iter(skipped.values())))
+        raise MissingData(
+            f"no task ran: the data of all {len(skipped)} tasks is missing ({', '.join(skipped)}); the first: "
+            + next(iter(skipped.values()))
+        )
     return results
 
 

@@ -3,7 +3,8 @@ laid out as ../shared/data is (one folder per data set, official file names insi
 
 Lookup order for DIR/<folder>/<name>: the --data-dir folder, then the download cache (gpt2.hub.cache_dir()/data),
 then, unless offline, a download of the official file (or of the official archive, from which only the named
-member is extracted), checked by sha256 before anything is kept.
+member is extracted), checked by sha256 before anything is kept. A file found nowhere (and not downloadable) is a
+MissingData error, so that `evaluate(..., skip_missing=True)` can skip its task and run the others.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from gpt2.hub import cache_dir, download, sha256_file
 from gpt2.io import atomic_open
 
 T = TypeVar("T")
+
+
+class MissingData(GPT2Error):
+    """A data file is absent and could not be downloaded; the message names it and says how to get it."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class DataDir:
             return found
         where = f"{f.url}" + (f" (member {f.member})" if f.member else "")
         if self.offline:
-            raise GPT2Error(
+            raise MissingData(
                 f"{self.root / f.relpath} is missing; get it from {where} and put it there (or pass --data-dir "
                 f"with a folder holding {f.relpath}), or run without --offline to download it"
             )
@@ -76,7 +81,7 @@ class DataDir:
             extract_member(archive, f.member, dest)
             return dest
         except GPT2Error as e:
-            raise GPT2Error(
+            raise MissingData(
                 f"{self.root / f.relpath} is missing and could not be downloaded ({e}); get it from {where} and "
                 f"put it there, or pass --data-dir with a folder holding {f.relpath}"
             ) from None

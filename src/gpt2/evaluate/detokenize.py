@@ -4,6 +4,17 @@ The paper (section 3.1): these data sets were tokenized and pre-processed in way
 it scores them through "invertible de-tokenizers" that remove the artifacts. Each rule below maps one
 tokenization artifact back to the plain-text form it came from; the word counts that normalise perplexity are
 taken from the original text, so de-tokenizing changes what the model reads but not what it is scored against.
+
+Invertibility, measured (tests/test_detokenize.py): each line of the shared files is de-tokenized, then
+re-tokenized by the data set's own rules (WikiText: Moses-style spaced punctuation and non-breaking prefixes,
+` @-@ `, ` @,@ `, ` @.@ `, split clitics, `= = Heading = =`; PTB: split clitics, `N` for numbers, `$ N`), and
+compared with the original line. Lines that come back exactly:
+* PTB (Mikolov's): test 3,761 of 3,761 (100%), validation 3,370 of 3,370 (100%);
+* WikiText-2: raw test 4,349 of 4,358 (99.79%), tokenized test 4,355 of 4,358 (99.93%), tokenized validation
+  3,751 of 3,760 (99.76%).
+The rest are ambiguities the source leaves, which no rule can undo: a double space (`1 @.@  hrvatski`), a
+possessive or a `--` the WikiText tokenizer left attached (`monitors' `, `numbers--4,000`), `var.` before an
+`<unk>` that hides whether the next word was lower case, a quote whose pair is lost.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ def wikitext(text: str) -> str:
     s = text.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
     s = re.sub(r"(?m)^ ?((?:= )+)(.+?)(?: =)+ ?$", _heading, s)
     s = _CLITICS.sub(r"\1", s)
-    s = s.replace("s ' ", "s' ")
+    # a plural possessive ("the players ' union"); not the quote after a clitic ("Eliot 's ' Preludes '")
+    s = re.sub(r"(?<=\w)s ' ", "s' ", s)
     s = re.sub(r"([(\[{]) ", r"\1", s)
     s = re.sub(r" ([)\]}])", r"\1", s)
     s = re.sub(r'(?m)" ([^"\n]*?) "', r'"\1"', s)

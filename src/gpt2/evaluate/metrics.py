@@ -65,15 +65,20 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeLsum", "rougeL")
 
 
-def rouge_f1(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 over examples (rouge-score, Porter stemming as in ROUGE-1.5.5's -m), in percent."""
+def rouge_f1(
+    predictions: Sequence[str], references: Sequence[str], types: Sequence[str] = ROUGE_TYPES
+) -> dict[str, float]:
+    """Mean ROUGE F1 over examples (rouge-score, Porter stemming as in ROUGE-1.5.5's -m), in percent, by rouge-score's
+    names. Texts hold one sentence per line. rougeLsum is ROUGE-L as ROUGE-1.5.5 scores a multi-sentence summary
+    (the summary-level union LCS of each reference sentence against the prediction's sentences; rouge-score splits
+    at newlines); rougeL is one LCS over the whole text, sentence breaks ignored. rouge1 and rouge2 ignore lines."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
+    totals = dict.fromkeys(types, 0.0)
     for pred, ref in zip(predictions, references, strict=True):
         for name, s in scorer.score(ref, pred).items():
             totals[name] += s.fmeasure

@@ -1,5 +1,5 @@
 """The results as a Markdown table shaped like the paper's Table 3: one row per checkpoint (ours, then the
-paper's four sizes), one column per task metric."""
+paper's four sizes), one column per task metric; below it, the tasks skipped for missing data, with the reason."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ from gpt2.evaluate.tasks import TASKS
 # The columns a task contributes (all its metrics are in the JSON).
 HEADLINE = {
     "lambada": ("ppl", "acc", "acc_stopword_filter"),
-    "cnn_dm": ("rouge1", "rouge2", "rougeL", "rouge_avg"),
+    "cnn_dm": ("rouge1", "rouge2", "rougeLsum", "rouge_avg"),
 }
 _LOWER_IS_BETTER = ("ppl", "bpb", "bpc", "bits_per_byte")
-_SHORT = {"acc_stopword_filter": "acc (stop-word filter)", "acc_partial": "acc", "rouge_avg": "R-AVG"}
+_SHORT = {
+    "acc_stopword_filter": "acc (stop-word filter)",
+    "acc_partial": "acc (partial scoring)",
+    "acc_full": "acc (full scoring)",
+    "rouge1": "R-1",
+    "rouge2": "R-2",
+    "rougeLsum": "R-L",
+    "rouge_avg": "R-AVG",
+}
 
 
 def columns(tasks: Sequence[str]) -> list[tuple[str, str]]:
@@ -44,4 +52,8 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
     for size in SIZES:
         cells = [fmt(m, PAPER[size].get((t, m))) for t, m in cols]
         lines.append("| " + " | ".join([f"paper GPT-2 {size}", *cells]) + " |")
-    return "\n".join(lines) + f"\n\n{SOURCE} ↓: lower is better. Accuracy, F1, EM, ROUGE and BLEU in percent.\n"
+    notes = [f"{SOURCE} ↓: lower is better. Accuracy, F1, EM, ROUGE and BLEU in percent."]
+    skipped = {t: why for run in runs for t, why in run.get("skipped", {}).items()}
+    if skipped:
+        notes.append("Skipped, their data missing:\n" + "\n".join(f"- {t}: {why}" for t, why in skipped.items()))
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"

@@ -2,8 +2,14 @@
 
 Protocol (the paper's): the article, then "\\nTL;DR:", sampled with top-k 2 (k=2, temperature 1, --seed) for 100
 tokens; the first 3 generated sentences are the summary. An article too long for the window keeps its start.
-rouge1 / rouge2 / rougeL: F1 against the reference highlights (rouge-score with stemming), in percent;
-rouge_avg = their mean (Table 4's R-AVG).
+Scores: F1 against the reference highlights (rouge-score with stemming), in percent, with summary and reference
+written one sentence per line (a highlight per line; SummEval's one-line highlights split into sentences).
+* rouge1, rouge2, and rougeLsum = Table 4's R-1, R-2, R-L. Table 4's other rows (Lede-3 from See et al. 2017,
+  Bottom-Up Sum from Gehrmann et al. 2018) carry ROUGE-1.5.5 (pyrouge) figures, whose ROUGE-L over a
+  multi-sentence summary is the summary-level (union) LCS over its sentences; rouge-score names that rougeLsum.
+* rouge_avg = the mean of rouge1, rouge2 and rougeLsum (Table 4's R-AVG: (29.34 + 8.27 + 26.58) / 3 = 21.40).
+* rougeL_unsplit: rouge-score's rougeL, one LCS over the whole summary with its sentence breaks ignored; kept for
+  comparison with tools that report it (it is not the paper's R-L).
 Formats:
 * official: cnn_stories.tgz + dailymail_stories.tgz (the stories) and all_test.txt (the test split's URLs; a
   story's file is named by the SHA1 of its URL), read in all_test.txt's order;
@@ -21,7 +27,7 @@ from pathlib import Path
 from gpt2.errors import GPT2Error
 from gpt2.evaluate import detokenize
 from gpt2.evaluate.data import DataFile, read_jsonl
-from gpt2.evaluate.metrics import ROUGE_TYPES, rouge_f1
+from gpt2.evaluate.metrics import rouge_f1
 from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, sentences
 
 _HF = "https://huggingface.co/datasets/cnn_dailymail/resolve/11343c3752184397d56efc19a8a7cceb68089318/data/"
@@ -97,9 +103,11 @@ def read_official(url_list: Path, archives: list[Path], limit: int | None) -> li
 
 
 def read_summeval(path: Path, limit: int | None) -> list[Article]:
+    """SummEval's articles and highlights, de-tokenized; each highlight is a sentence, so the one-line highlights
+    are split into one sentence per line, as the official files give them."""
     return read_jsonl(
         path,
-        lambda d: (detokenize.news(d["article"]), detokenize.news(d["highlights"])),
+        lambda d: (detokenize.news(d["article"]), "\n".join(sentences(detokenize.news(d["highlights"])))),
         "a JSON object with 'article' and 'highlights'",
         limit,
     )
@@ -107,7 +115,7 @@ def read_summeval(path: Path, limit: int | None) -> list[Article]:
 
 class CNNDailyMail(Task):
     name = "cnn_dm"
-    metrics = ("rouge_avg", *ROUGE_TYPES)
+    metrics = ("rouge_avg", "rouge1", "rouge2", "rougeLsum", "rougeL_unsplit")
 
     def run(self, ctx: Context) -> Result:
         official = [ctx.data.find(f) for f in (URL_LIST, *STORIES)]
@@ -128,15 +136,18 @@ class CNNDailyMail(Task):
             prompts.append(text + PROMPT_SUFFIX)
             truncated += cut
         outputs = generate_all(ctx, prompts, SUMMARY_TOKENS, temperature=1.0, top_k=2, stop=(), desc=self.name)
-        summaries = [" ".join(sentences(o)[:SUMMARY_SENTENCES]) for o in outputs]
-        scores = rouge_f1(summaries, [ref for _, ref in articles])
-        metrics = {"rouge_avg": sum(scores.values()) / len(scores), **scores}
+        summaries = ["\n".join(sentences(o)[:SUMMARY_SENTENCES]) for o in outputs]
+        scores = rouge_f1(summaries, [ref for _, ref in articles], ("rouge1", "rouge2", "rougeLsum", "rougeL"))
+        scores["rougeL_unsplit"] = scores.pop("rougeL")
+        table4 = (scores["rouge1"], scores["rouge2"], scores["rougeLsum"])
+        metrics = {"rouge_avg": sum(table4) / len(table4), **scores}
         protocol = {
             "data": data,
             "prompt": "{article}\\nTL;DR:",
             "decoding": f"top-k 2, temperature 1, {SUMMARY_TOKENS} tokens, seed {ctx.seed} (+ batch index)",
             "summary": f"first {SUMMARY_SENTENCES} sentences",
-            "rouge": "rouge-score F1, Porter stemmer",
+            "rouge": "rouge-score F1, Porter stemmer, one sentence per line; R-L = rougeLsum (summary-level LCS), "
+            "R-AVG = mean of R-1, R-2, R-L; rougeL_unsplit = rougeL (one LCS, sentence breaks ignored)",
             "truncated_articles": truncated,
         }
         return Result(metrics, len(articles), protocol)

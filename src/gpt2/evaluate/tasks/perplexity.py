@@ -2,16 +2,36 @@
 
 Protocol, shared by all six:
 * Each document is de-tokenized (see detokenize.py), encoded, and scored from its start: <|endoftext|> is its
-  context, so every one of its tokens is predicted. Documents longer than the context are scored in windows,
-  `stride` new tokens per window (--stride; default 1024 = disjoint windows, 32 = the paper's setting); never
-  truncated.
-* Documents: WikiText, one per article (at each ` = Title = ` line); PTB, the whole file as one stream (--limit:
-  its first N sentences); 1BW, one per sentence ("sentence level"); enwik8 and text8, the last 5M bytes /
-  characters of the file as one stream (--limit: its first N windows).
-* word_ppl = exp(total NLL / number of whitespace-separated words of the ORIGINAL text), the paper's figure for
-  WikiText, PTB and 1BW; token_ppl = exp(NLL / BPE tokens); bits_per_byte = NLL / ln 2 / UTF-8 bytes read by the
-  model. enwik8's bpb counts the bytes the model read (the test set's, less a first character split by the 5M
-  cut, if any), text8's bpc the characters.
+  context, so every one of its tokens is predicted, its line ends included. Documents: WikiText, one per article
+  (from a ` = Title = ` line to the next; the lines before the first title go with the first article, so the
+  articles together are the whole file); PTB, the whole file as one stream; 1BW, one per sentence (a line of the
+  file, scored with its line end); enwik8 and text8, the test split (below) as one stream.
+* Windows and stride. The paper gives GPT-2's context, 1024 tokens (section 2.3), and no stride. A document longer
+  than the context is scored in windows, `stride` new tokens per window, each reading the context's worth of
+  tokens before them (--stride); never truncated. Default: disjoint windows (stride = the context). Overlap only
+  adds context and lowers perplexity (Hugging Face's "Perplexity of fixed-length models" guide: gpt2-large on raw
+  WikiText-2, 19.44 with disjoint windows, 16.45 with stride 512; the paper's figure is 19.93), and reproductions
+  with disjoint 1024-token windows land near the paper's figures (huggingface/transformers#483: 29.17 for the
+  117M model on WikiText-2; the paper's is 29.41), so disjoint windows are the reading that best matches the
+  paper's numbers. The often quoted "stride 32" is not the paper's: it comes from a later comment by one of its
+  authors (A. Radford, r/MachineLearning, 2021) about scoring the raw WikiText files.
+* word_ppl = exp(total NLL / the number of tokens of the ORIGINAL, pre-tokenized data set): the authors sum the
+  loss and divide by that count before exponentiating (openai/gpt-2#78). The count is the original file's
+  whitespace-separated words plus one end-of-line token per line, blank lines included, the convention behind the
+  data sets' published sizes: WikiText-2 and WikiText-103 test 245,569 = 241,211 words + 4,358 lines (Merity et
+  al. 2016, Table 1; its 217,646 for validation = 213,886 + 3,760 likewise), PTB test 82,430 = 78,669 words +
+  3,761 sentences (Mikolov's data; the "82k test words" of Zaremba et al. 2014). The model predicts each line end
+  as the newline the de-tokenizers keep. 1BW counts one end-of-sentence token (the benchmark's `</S>`, Chelba et
+  al. 2013) per sentence, and the model predicts it: each sentence is scored with its line's newline. With
+  --limit the count is of what was scored. The results' protocol states it (`words`, = `word_tokens` +
+  `line_ends`).
+* token_ppl = exp(NLL / BPE tokens); bits_per_byte (word-level sets) = NLL / ln 2 / UTF-8 bytes the model read.
+* enwik8 and text8: the test split is the file's last 5,000,000 bytes (enwik8) or characters (text8), the usual
+  split of Mahoney's files (90M train, 5M validation, 5M test; e.g. Al-Rfou et al. 2018). bpb / bpc = NLL / ln 2 /
+  exactly those 5,000,000 units, not a re-decoded length. enwik8 is read as bytes: a byte that is not part of a
+  valid UTF-8 character (the 5M cut can fall inside one) is given to the model as its single-byte BPE token, so
+  the model predicts every one of the 5,000,000 bytes. --limit N scores the first N windows and counts the
+  bytes / characters those windows cover.
 """
 
 from __future__ import annotations
@@ -20,11 +40,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gpt2.evaluate import detokenize
 from gpt2.evaluate.data import DataFile
 from gpt2.evaluate.metrics import bits_per_unit, perplexity
 from gpt2.evaluate.tasks.base import Context, Result, Task, take
+
+if TYPE_CHECKING:
+    from gpt2.tokenizer import Tokenizer
 
 WIKITEXT2 = DataFile(
     "wikitext-2-raw",
@@ -67,39 +91,70 @@ ENWIK8 = DataFile(
 TEXT8 = DataFile("text8", "text8", "http://mattmahoney.net/dc/text8.zip", None, member="text8", size=31344016)
 
 TEST_SIZE = 5_000_000  # the last 5M bytes (enwik8) or characters (text8) are the test set by convention
+STRIDE_BASIS = (
+    "the paper gives the context (1024 tokens) but no stride; the default, disjoint windows (stride = context), "
+    "best matches its figures (overlap adds context and lowers perplexity); 'stride 32' comes from a later comment "
+    "by an author about raw WikiText, not from the paper"
+)
+WORDS_RULE = "whitespace-separated words of the original file + one end-of-line token per line (blank lines too)"
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")
+_LINES = re.compile(r"[^\n]*\n|[^\n]+\Z")
+_NOT_UTF8 = re.compile("[\udc80-\udcff]+")  # what errors="surrogateescape" turns each undecodable byte into
+
+
+def lines(text: str) -> list[str]:
+    """text's lines, each with its "\\n" (the last may lack one). Only "\\n" ends a line: the data sets' own
+    counts split there, not at the other characters str.splitlines() also breaks at."""
+    return _LINES.findall(text)
+
+
+def original_tokens(text: str) -> tuple[int, int]:
+    """(words, line ends) of original data-set text: its whitespace-separated tokens and its lines, each of which
+    ends in one end-of-line token (see the module docstring)."""
+    return len(text.split()), len(lines(text))
 
 
 def wikitext_articles(text: str) -> list[str]:
-    """The articles of a WikiText file, each from its ` = Title = ` line to the next one."""
-    articles: list[list[str]] = []
-    for line in text.splitlines(keepends=True):
-        if _WIKI_TITLE.match(line.rstrip("\n")) or not articles:
-            articles.append([])
-        articles[-1].append(line)
-    return [a for a in ("".join(lines) for lines in articles) if a.strip()]
+    """The articles of a WikiText file, each from its ` = Title = ` line to the next one; lines before the first
+    title (the files open with a blank line) belong to the first article, so that the articles joined are the
+    file."""
+    rows = lines(text)
+    starts = [i for i, row in enumerate(rows) if _WIKI_TITLE.match(row.rstrip("\n"))]
+    bounds = [0, *starts[1:], len(rows)]
+    articles = ("".join(rows[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
+    return [a for a in articles if a.strip()]
 
 
 def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def test_slice(data: bytes, unit: str) -> str:
-    """The last TEST_SIZE bytes (enwik8) or characters (text8) as text. A byte slice that starts inside a UTF-8
-    character skips that character's continuation bytes."""
-    if unit == "char":
-        return data.decode("utf-8")[-TEST_SIZE:]
-    tail = data[-TEST_SIZE:]
-    start = next((i for i, b in enumerate(tail[:4]) if b & 0xC0 != 0x80), 0)
-    return tail[start:].decode("utf-8", errors="replace")
+def tail_split(data: bytes, unit: str) -> bytes | str:
+    """The test split: the last TEST_SIZE bytes (unit "byte", enwik8) as bytes, or the last TEST_SIZE characters
+    (unit "char", text8) as text. The bytes may start inside a UTF-8 character; see encode_bytes."""
+    return data[-TEST_SIZE:] if unit == "byte" else data.decode("utf-8")[-TEST_SIZE:]
+
+
+def encode_bytes(tokenizer: Tokenizer, data: bytes) -> list[int]:
+    """Token ids that decode to exactly `data`, valid UTF-8 or not: the valid text is encoded as usual, and each
+    byte outside a valid character is its own single-byte token (GPT-2's byte-level BPE has all 256)."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    ids: list[int] = []
+    pos = 0
+    for m in _NOT_UTF8.finditer(text):
+        ids += tokenizer.encode_ordinary(text[pos : m.start()])
+        ids += [tokenizer.ranks[bytes([ord(c) - 0xDC00])] for c in m.group()]
+        pos = m.end()
+    return ids + tokenizer.encode_ordinary(text[pos:])
 
 
 @dataclass(frozen=True)
 class Corpus:
     file: DataFile
-    documents: Callable[[Path, int | None], list[str]]  # path, --limit -> original documents
-    detokenize: Callable[[str], str]
     unit: str  # "word", "byte" or "char": what the headline metric normalises by
+    # word-level sets: path, --limit -> the original documents, and the de-tokenizer applied to each
+    documents: Callable[[Path, int | None], list[str]] | None = None
+    detokenize: Callable[[str], str] | None = None
     counts: str = "documents"  # what n (and --limit) counts: documents, sentences (lines) or windows
 
 
@@ -108,33 +163,26 @@ def _wikitext(path: Path, limit: int | None) -> list[str]:
 
 
 def _ptb(path: Path, limit: int | None) -> list[str]:
-    return ["".join(take(read_text(path).splitlines(keepends=True), limit))]
+    return ["".join(take(lines(read_text(path)), limit))]
 
 
 def _sentences(path: Path, limit: int | None) -> list[str]:
-    return take([s for s in read_text(path).splitlines() if s.strip()], limit)
-
-
-def _bytes_tail(path: Path, limit: int | None) -> list[str]:
-    return [test_slice(path.read_bytes(), "byte")]
-
-
-def _chars_tail(path: Path, limit: int | None) -> list[str]:
-    return [test_slice(path.read_bytes(), "char")]
-
-
-def _identity(text: str) -> str:
-    return text
+    # each with its line end: the newline stands for the benchmark's end-of-sentence token, predicted and counted
+    return take([s.rstrip("\n") + "\n" for s in lines(read_text(path)) if s.strip()], limit)
 
 
 CORPORA = {
-    "wikitext2": Corpus(WIKITEXT2, _wikitext, detokenize.wikitext, "word"),
-    "wikitext103": Corpus(WIKITEXT103, _wikitext, detokenize.wikitext, "word"),
-    "ptb": Corpus(PTB, _ptb, detokenize.ptb, "word", counts="sentences"),
-    "1bw": Corpus(ONE_BILLION_WORD, _sentences, detokenize.news, "word"),
-    "enwik8": Corpus(ENWIK8, _bytes_tail, _identity, "byte", counts="windows"),
-    "text8": Corpus(TEXT8, _chars_tail, _identity, "char", counts="windows"),
+    "wikitext2": Corpus(WIKITEXT2, "word", _wikitext, detokenize.wikitext),
+    "wikitext103": Corpus(WIKITEXT103, "word", _wikitext, detokenize.wikitext),
+    "ptb": Corpus(PTB, "word", _ptb, detokenize.ptb, counts="sentences"),
+    "1bw": Corpus(ONE_BILLION_WORD, "word", _sentences, detokenize.news, counts="sentences"),
+    "enwik8": Corpus(ENWIK8, "byte", counts="windows"),
+    "text8": Corpus(TEXT8, "char", counts="windows"),
 }
+
+
+def _windows(requests: list[tuple[list[int], list[int]]], n_ctx: int, stride: int) -> int:
+    return sum(1 + max(0, -(-(len(ids) - n_ctx) // stride)) for _, ids in requests)
 
 
 class LanguageModeling(Task):
@@ -148,43 +196,76 @@ class LanguageModeling(Task):
         }[self.corpus.unit]
 
     def run(self, ctx: Context) -> Result:
-        c = self.corpus
-        path = ctx.data.path(c.file)
-        originals = c.documents(path, None if c.counts == "windows" else ctx.limit)
-        eot = ctx.tokenizer.eot_id
+        path = ctx.data.path(self.corpus.file)
         stride = ctx.stride or ctx.n_ctx
-        requests = []
-        for doc in originals:
-            ids = ctx.encode(c.detokenize(doc))
-            if c.counts == "windows" and ctx.limit is not None:  # the first N windows: n_ctx tokens, then stride each
-                ids = ids[: ctx.n_ctx + (ctx.limit - 1) * stride]
-            if ids:
-                requests.append(([eot], ids))
-        scores = ctx.scorer.score(requests, stride=stride, desc=self.name)
-        nll = -sum(s.logprob for s in scores)
-        tokens = sum(s.n_tokens for s in scores)
-        read = [ctx.tokenizer.decode_bytes(ids) for _, ids in requests]  # exactly the text the model predicted
-        metrics = {"token_ppl": perplexity(nll, tokens)}
-        if c.unit == "word":
-            metrics["word_ppl"] = perplexity(nll, sum(len(doc.split()) for doc in originals))
-            metrics["bits_per_byte"] = bits_per_unit(nll, sum(map(len, read)))
-        elif c.unit == "byte":
-            metrics["bpb"] = bits_per_unit(nll, sum(map(len, read)))
+        if self.corpus.unit == "word":
+            metrics, n, protocol = self._words(ctx, path, stride)
         else:
-            metrics["bpc"] = bits_per_unit(nll, sum(len(b.decode("utf-8")) for b in read))
-        windows = sum(1 + max(0, -(-(len(ids) - ctx.n_ctx) // stride)) for _, ids in requests)
-        n = {"windows": windows, "documents": len(requests), "sentences": sum(d.count("\n") for d in originals)}[
-            c.counts
-        ]
+            metrics, n, protocol = self._stream(ctx, path, stride)
+        protocol = {"data": ctx.data.describe(self.corpus.file, path), "stride": stride, **protocol}
+        protocol["stride_basis"] = STRIDE_BASIS
+        return Result({m: metrics[m] for m in self.metrics}, n, protocol)
+
+    def _score(self, ctx: Context, requests: list[tuple[list[int], list[int]]], stride: int) -> tuple[float, int]:
+        scores = ctx.scorer.score(requests, stride=stride, desc=self.name)
+        return -sum(s.logprob for s in scores), sum(s.n_tokens for s in scores)
+
+    def _words(self, ctx: Context, path: Path, stride: int) -> tuple[dict[str, float], int, dict[str, Any]]:
+        c = self.corpus
+        assert c.documents is not None and c.detokenize is not None
+        eot = ctx.tokenizer.eot_id
+        scored, requests = [], []
+        for doc in c.documents(path, ctx.limit):
+            if ids := ctx.encode(c.detokenize(doc)):
+                scored.append(doc)
+                requests.append(([eot], ids))
+        nll, tokens = self._score(ctx, requests, stride)
+        counts = [original_tokens(d) for d in scored]
+        words, line_ends = sum(w for w, _ in counts), sum(e for _, e in counts)
+        read = sum(len(ctx.tokenizer.decode_bytes(ids)) for _, ids in requests)  # the bytes the model predicted
+        metrics = {
+            "word_ppl": perplexity(nll, words + line_ends),
+            "token_ppl": perplexity(nll, tokens),
+            "bits_per_byte": bits_per_unit(nll, read),
+        }
+        n = line_ends if c.counts == "sentences" else len(requests)
         protocol = {
-            "data": ctx.data.describe(c.file, path),
             "documents": len(requests),
-            "windows": windows,
-            "stride": stride,
+            "windows": _windows(requests, ctx.n_ctx, stride),
             "tokens": tokens,
-            "bytes": sum(map(len, read)),
-            "words": sum(len(doc.split()) for doc in originals),
-            "detokenizer": c.detokenize.__name__ if c.detokenize is not _identity else None,
+            "bytes": read,
+            "words": words + line_ends,  # the word_ppl denominator
+            "word_tokens": words,
+            "line_ends": line_ends,
+            "words_rule": WORDS_RULE,
+            "detokenizer": c.detokenize.__name__,
             "n_counts": c.counts,
         }
-        return Result({m: metrics[m] for m in self.metrics}, n, protocol)
+        return metrics, n, protocol
+
+    def _stream(self, ctx: Context, path: Path, stride: int) -> tuple[dict[str, float], int, dict[str, Any]]:
+        c = self.corpus
+        data = path.read_bytes()
+        split = tail_split(data, c.unit)
+        ids = encode_bytes(ctx.tokenizer, split) if isinstance(split, bytes) else ctx.encode(split)
+        units = len(split)  # the denominator: every byte / character of the test split
+        if ctx.limit is not None and len(ids) > (keep := ctx.n_ctx + (ctx.limit - 1) * stride):
+            ids = ids[:keep]  # the first N windows: n_ctx tokens, then `stride` more each
+            covered = ctx.tokenizer.decode_bytes(ids)  # exact bytes (encode_bytes round-trips byte for byte)
+            units = len(covered) if c.unit == "byte" else len(covered.decode("utf-8", errors="ignore"))
+        requests = [([ctx.tokenizer.eot_id], ids)] if ids else []
+        nll, tokens = self._score(ctx, requests, stride)
+        unit_name = "bytes" if c.unit == "byte" else "characters"
+        headline = "bpb" if c.unit == "byte" else "bpc"
+        metrics = {headline: bits_per_unit(nll, units), "token_ppl": perplexity(nll, tokens)}
+        windows = _windows(requests, ctx.n_ctx, stride)
+        protocol = {
+            "documents": len(requests),
+            "windows": windows,
+            "tokens": tokens,
+            unit_name: units,  # the bpb / bpc denominator
+            "test_split": f"the last {len(split):,} {unit_name} of the file's {len(data):,} bytes",
+            "detokenizer": None,
+            "n_counts": c.counts,
+        }
+        return metrics, windows, protocol

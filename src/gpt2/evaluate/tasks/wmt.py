@@ -4,19 +4,23 @@ Protocol (the paper's): a context of example pairs "source sentence = target sen
 test sentence and " =", decoded greedily to the end of the line; the first generated sentence is the
 translation. bleu: sacrebleu's corpus BLEU (13a tokenisation), the WMT standard.
 The example pairs: the paper does not say where from or how many. We draw K (default 5, --shots) for each
-sentence, deterministically by --seed, from the validation set newstest2013 when the data folder holds it
-(newstest2013.en + newstest2013.fr, one sentence a line, from statmt.org/wmt14/dev.tgz), else from the other
-sentences of the test set itself (never the sentence being translated). The protocol says which.
-Data: the "full" newstest2014 .sgm files (as sacrebleu's wmt14/full uses), from statmt.org's test-full.tgz.
+sentence, deterministically by --seed, from the validation set: newstest2013, which WMT14 ships as its dev set
+(and WMT13 as its test set). Never from newstest2014: examples from the test set would show the model test
+sentences and references. A newstest2013 pair whose source or reference is also a test sentence is dropped too.
+With --shots 0 the validation set is not read; otherwise a missing one is a one-line error naming the file and
+where to get it (or is downloaded: the official WMT13 test.tgz, checked against sacrebleu's md5 of it).
+Data: the "full" newstest2014 .sgm files (as sacrebleu's wmt14/full uses), from statmt.org's test-full.tgz;
+newstest2013-src.{src}.sgm + newstest2013-ref.{tgt}.sgm for the examples.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, MissingData
 from gpt2.evaluate.metrics import corpus_bleu
 from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, sample_shots, sentences, take
 
@@ -24,11 +28,29 @@ TEST_FULL = "https://statmt.org/wmt14/test-full.tgz"
 TEST_FULL_MD5 = "a8cd784e006feb32ac6f3d9ec7eb389a"  # sacrebleu's checksum for it; no sha256 is published
 
 
-# The validation set, used when present (no checksum is published for dev.tgz, so it is never downloaded).
-DEV = {
-    lang: DataFile("wmt14-en-fr", f"newstest2013.{lang}", "http://www.statmt.org/wmt14/dev.tgz", None)
-    for lang in ("en", "fr")
+# newstest2013 as WMT13's test.tgz ships it: WMT14's dev.tgz holds the same set but has no published checksum.
+DEV_URL = "https://statmt.org/wmt13/test.tgz"
+DEV_MD5 = "48eca5d02f637af44e85186847141f67"  # sacrebleu's checksum for it (its "wmt13" test set)
+# sha256 of the copies in ../shared/data, byte-identical to test.tgz's members (its MANIFEST.md checks them)
+_DEV_SHA256 = {
+    "src.en": "fff51f0641df3e73110462007adb753f2e70971484c0e41f92c8eb9998bafbe8",
+    "ref.fr": "5f3f0566723eef4e27236ebf0e04a74a00ec9302c2346b8d9369a7b987498afd",
+    "src.fr": "cd31fe1333638ca3672ef88bfca0054a6be39bfeeb9c754b9ecdbc4827bc2f29",
+    "ref.en": "b4c44c76d1b46fa0684500e20f04c4825d2ad1d5ea51d8245b0145c1b8b74d91",
 }
+
+
+def dev_file(side: str, lang: str) -> DataFile:
+    name = f"newstest2013-{side}.{lang}.sgm"
+    return DataFile(
+        "wmt14-en-fr",
+        name,
+        DEV_URL,
+        None,
+        member=f"test/{name}",
+        md5=DEV_MD5,
+        file_sha256=(_DEV_SHA256[f"{side}.{lang}"],),
+    )
 
 
 def sgm_file(side: str, lang: str) -> DataFile:
@@ -59,6 +81,31 @@ class WMT(Task):
         self.src, self.tgt = src, tgt
         self.name = f"wmt14-{src}-{tgt}"
         self.files = (sgm_file("src", src), sgm_file("ref", tgt))
+        self.dev_files = (dev_file("src", src), dev_file("ref", tgt))
+
+    def examples(
+        self, ctx: Context, test_sources: set[str], test_refs: set[str]
+    ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        """The newstest2013 pairs that examples are drawn from (none that shares a sentence with the test set), and
+        their provenance for the protocol."""
+        try:
+            src_path, ref_path = (ctx.data.path(f) for f in self.dev_files)
+        except MissingData as e:
+            raise MissingData(
+                f"{self.name}'s few-shot examples come from the validation set newstest2013, never the test set: {e}"
+            ) from None
+        sources, refs = read_sgm(src_path), read_sgm(ref_path)
+        if len(sources) != len(refs):
+            raise GPT2Error(f"{src_path} has {len(sources)} segments but {ref_path} has {len(refs)}")
+        pool = [(s, t) for s, t in zip(sources, refs, strict=True) if s not in test_sources and t not in test_refs]
+        provenance = {
+            "set": "newstest2013 (validation)",
+            "source": ctx.data.describe(self.dev_files[0], src_path),
+            "reference": ctx.data.describe(self.dev_files[1], ref_path),
+            "pairs": len(pool),
+            "dropped_sharing_a_test_sentence": len(sources) - len(pool),
+        }
+        return pool, provenance
 
     def run(self, ctx: Context) -> Result:
         src_path, ref_path = (ctx.data.path(f) for f in self.files)
@@ -67,17 +114,11 @@ class WMT(Task):
             raise GPT2Error(f"{src_path} has {len(sources)} segments but {ref_path} has {len(refs)}")
         pairs = list(zip(sources, refs, strict=True))
         k = self.shots(ctx)
-        dev = [ctx.data.find(DEV[lang]) for lang in (self.src, self.tgt)]
-        pool = pairs
-        if dev[0] is not None and dev[1] is not None:
-            src_lines, tgt_lines = (p.read_text(encoding="utf-8").splitlines() for p in dev)
-            if len(src_lines) != len(tgt_lines):
-                raise GPT2Error(f"{dev[0]} has {len(src_lines)} lines but {dev[1]} has {len(tgt_lines)}")
-            pool = list(zip(src_lines, tgt_lines, strict=True))
+        pool, shots_from = self.examples(ctx, set(sources), set(refs)) if k else ([], None)
         prompts, truncated = [], 0
         max_new = min(256, ctx.n_ctx // 4)
         for i, (src, _) in enumerate(take(pairs, ctx.limit)):
-            shots = sample_shots(pool, k, ctx.seed, f"{self.name}{i}", exclude=i if pool is pairs else None)
+            shots = sample_shots(pool, k, ctx.seed, f"{self.name}{i}")
             prompt, cut = clip(ctx, "".join(f"{s} = {t}\n" for s, t in shots) + f"{src} =", ctx.n_ctx - max_new, "end")
             prompts.append(prompt)
             truncated += cut
@@ -90,7 +131,7 @@ class WMT(Task):
             },
             "prompt": "K lines '{source} = {target}', then '{source} ='",
             "shots": k,
-            "shots_from": "newstest2013 (validation)" if pool is not pairs else "other sentences of the test set",
+            "shots_from": shots_from,
             "decoding": f"greedy to the end of the line (at most {max_new} tokens); first sentence kept",
             "bleu": "sacrebleu corpus_bleu, 13a tokenisation",
             "truncated_prompts": truncated,
