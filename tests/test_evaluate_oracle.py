@@ -1,5 +1,6 @@
-"""`lambada` and `wikitext2` against an independent computation: Hugging Face's GPT2LMHeadModel and GPT-2
-tokenizer on the same random-weight checkpoint, with the protocol re-implemented here from its definition."""
+"""`lambada`, `wikitext2`, `race-high` and `writingprompts` against an independent computation: Hugging Face's
+GPT2LMHeadModel and GPT-2 tokenizer on the same random-weight checkpoint, with the protocol re-implemented here from
+its definition."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from gpt2.evaluate import detokenize, evaluate
+from gpt2.evaluate.tasks import writingprompts
 from gpt2.model import GPT
 from gpt2.tokenizer import Tokenizer
 
@@ -97,3 +99,98 @@ def test_wikitext2_perplexity_matches_transformers(checkpoint, shared_data, stri
     # per token of the original data set: its words and one end-of-line token per line (openai/gpt-2#78)
     assert r["word_ppl"] == pytest.approx(math.exp(nll / (len(article.split()) + article.count("\n"))), rel=1e-4)
     assert ours["protocol"]["tasks"]["wikitext2"]["windows"] > 3
+
+
+def tiny_checkpoint(folder, gpt2_tokenizer, n_positions: int):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_positions=n_positions, n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    return hf, transformers.GPT2TokenizerFast.from_pretrained(folder)
+
+
+def race_prompt(record: dict, i: int) -> str:
+    """lm-evaluation-harness's RACE document (preprocess_race.doc_to_text) for question i, re-implemented here."""
+    text = "Article: " + record["article"] + "\n\n"
+    for q, options, answer in list(zip(record["questions"], record["options"], record["answers"], strict=True))[:i]:
+        right = options["ABCD".index(answer)]
+        text += q[-5:] + right + "\n" if q[-6:] == "  _  ." else "Question: " + q + "\n" + "Answer: " + right + "\n"
+    return text + record["questions"][i]
+
+
+def hf_continuations(hf, context: list[int], continuations: list[list[int]]) -> list[float]:
+    """log P(continuation | context) of each, from HF's transformer and lm_head: the continuations in one
+    right-padded batch (causal, so padding after a sequence cannot change it), only their positions projected."""
+    longest = max(len(t) for t in continuations)
+    ids = torch.zeros(len(continuations), len(context) + longest, dtype=torch.long)
+    for row, t in enumerate(continuations):
+        ids[row, : len(context) + len(t)] = torch.tensor(context + t)
+    with torch.no_grad():
+        hidden = hf.transformer(ids[:, :-1]).last_hidden_state
+        totals = []
+        for row, t in enumerate(continuations):
+            at = torch.arange(len(context) - 1, len(context) - 1 + len(t))
+            logp = hf.lm_head(hidden[row, at]).double().log_softmax(-1)
+            totals.append(logp[torch.arange(len(t)), torch.tensor(t)].sum().item())
+    return totals
+
+
+def test_race_matches_transformers(tmp_path_factory, gpt2_tokenizer, shared_data):
+    folder = tmp_path_factory.mktemp("hf-race")
+    hf, hf_tok = tiny_checkpoint(folder, gpt2_tokenizer, 1024)  # a window that holds a whole article
+    limit = 6  # the first article's 5 questions (the 5th its last), then the first of the next
+    ours = evaluate(
+        GPT.from_pretrained(folder), Tokenizer.from_pretrained(folder), "race-high", data_dir=shared_data,
+        offline=True, limit=limit,
+    )  # fmt: skip
+    assert ours["protocol"]["tasks"]["race-high"]["truncated_contexts"] == 0
+    records = [json.loads(line) for line in (shared_data / "race/test_high.jsonl").read_text().splitlines()[:2]]
+    acc, acc_norm, acc_last = [], [], []
+    for record in records:
+        for i in range(len(record["questions"])):
+            if len(acc) == limit:
+                break
+            c = hf_tok(race_prompt(record, i)).input_ids
+            totals = hf_continuations(hf, c, [hf_tok(" " + o).input_ids for o in record["options"][i]])
+            gold = "ABCD".index(record["answers"][i])
+            acc.append(max(range(4), key=lambda j: totals[j]) == gold)
+            acc_norm.append(max(range(4), key=lambda j: totals[j] / len(record["options"][i][j])) == gold)
+            if i == len(record["questions"]) - 1:
+                acc_last.append(acc[-1])
+    r = ours["tasks"]["race-high"]
+    assert r["n"] == limit and len(acc_last) == 1
+    assert r["acc"] == pytest.approx(100 * sum(acc) / limit)
+    assert r["acc_norm"] == pytest.approx(100 * sum(acc_norm) / limit)
+    assert r["acc_last"] == pytest.approx(100 * sum(acc_last))
+
+
+def test_writingprompts_perplexity_matches_transformers(checkpoint, tmp_path):
+    folder, hf, hf_tok = checkpoint
+    prompts = ["[ WP ] A dragon learns to read .", "[ EU ] The moon is n't real ."]
+    stories = [
+        "`` Hello , '' said the dragon . <newline> <newline> It did n't know how . It read a book about books .",
+        "The moon ( really ) was cheese ! <newline> Everyone knew it , and nobody said it .",
+    ]
+    (tmp_path / "writingprompts").mkdir()
+    (tmp_path / "writingprompts/test.wp_source").write_text("".join(p + "\n" for p in prompts))
+    (tmp_path / "writingprompts/test.wp_target").write_text("".join(s + "\n" for s in stories))
+    ours = evaluate(
+        GPT.from_pretrained(folder), Tokenizer.from_pretrained(folder), "writingprompts", data_dir=tmp_path,
+        offline=True,
+    )  # fmt: skip
+    nll, tokens, words = 0.0, 0, 0
+    for prompt, story in zip(prompts, stories, strict=True):
+        # context: <|endoftext|> + prompt + blank line; target: the story, then <|endoftext|> (the end of story)
+        c = [hf_tok.eos_token_id, *hf_tok(writingprompts.detok(prompt) + "\n\n").input_ids]
+        t = [*hf_tok(writingprompts.detok(story)).input_ids, hf_tok.eos_token_id]
+        logp = hf_logprobs(hf, c + t)[len(c) - 1 :]
+        nll -= sum(logp[j, tok].item() for j, tok in enumerate(t))
+        tokens += len(t)
+        words += len(story.split()) + 1  # the file's tokens, <newline> markers included, and the end of story
+    r = ours["tasks"]["writingprompts"]
+    assert r["n"] == 2 and ours["protocol"]["tasks"]["writingprompts"]["words"] == words == 43
+    assert r["token_ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+    assert r["word_ppl"] == pytest.approx(math.exp(nll / words), rel=1e-4)

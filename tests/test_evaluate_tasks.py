@@ -20,7 +20,21 @@ from gpt2.evaluate import TASKS, evaluate, parse_tasks
 from gpt2.evaluate.data import DataDir, DataFile
 from gpt2.evaluate.metrics import corpus_bleu, rouge_f1
 from gpt2.evaluate.scoring import Scorer
-from gpt2.evaluate.tasks import Context, base, cbt, cnn_dm, coqa, hellaswag, lambada, nq, perplexity, winograd, wmt
+from gpt2.evaluate.tasks import (
+    Context,
+    base,
+    cbt,
+    cnn_dm,
+    coqa,
+    hellaswag,
+    lambada,
+    nq,
+    perplexity,
+    race,
+    winograd,
+    wmt,
+    writingprompts,
+)
 from gpt2.model import GPT, GPTConfig
 
 N_CTX = 128
@@ -98,8 +112,36 @@ WSC_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
 SGM = '<srcset setid="newstest2014" srclang="any">\n<doc docid="1" genre="news" origlang="en">\n{}</doc>\n</srcset>\n'
 EN = ["The cat sat on the mat.", "It is raining today.", "I like green tea. It is good.", "Where is the station?"]
 FR = ["Le chat est sur le tapis.", "Il pleut aujourd'hui.", "J'aime le thé vert. Il est bon.", "Où est la gare ?"]
+DE = [
+    "Die Katze sitzt auf der Matte.",
+    "Es regnet heute.",
+    "Ich mag gr\u00fcnen Tee. Er ist gut.",
+    "Wo ist der Bahnhof?",
+]
 DEV_EN = ["Dev sentence one.", "Dev sentence two.", "Dev sentence three."]
 DEV_FR = ["Phrase de dev un.", "Phrase de dev deux.", "Phrase de dev trois."]
+DEV_DE = ["Dev Satz eins.", "Dev Satz zwei.", "Dev Satz drei."]
+RACE_ARTICLES = [
+    {
+        "answers": ["B", "A"],
+        "options": [["red", "blue", "green", "black"], ["a dog", "a cat", "a bird", "a fish"]],
+        "questions": ["Tom's car is   _  .", "What does Tom have?"],
+        "article": "Tom has a blue car and a dog.",
+        "id": "high1.txt",
+    },
+    {
+        "answers": ["C"],
+        "options": [["Monday", "Tuesday", "Sunday", "Friday"]],
+        "questions": ["When does Ann rest?"],
+        "article": "Ann rests on Sunday.",
+        "id": "high10.txt",
+    },
+]
+WP_SOURCE = ["[ WP ] A dragon learns to read .", "[ EU ] The moon is n't real ."]
+WP_TARGET = [
+    "`` Hello , '' said the dragon . <newline> <newline> It did n't know how .",
+    "The moon ( really ) was cheese !",
+]
 WIKI = (
     " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n"
     " = Beta = \n Beta too . \n"
@@ -149,10 +191,23 @@ def official(tmp_path_factory) -> Path:
         ref = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(t_lines, 1))
         write(f"wmt14-en-fr/newstest2014-fren-src.{src}.sgm", SGM.format(seg))
         write(f"wmt14-en-fr/newstest2014-fren-ref.{tgt}.sgm", SGM.format(ref))
-    for lang, lines in (("en", DEV_EN), ("fr", DEV_FR)):  # newstest2013, the validation set, both sides
+    for lang, lines in (("en", DEV_EN), ("fr", DEV_FR), ("de", DEV_DE)):  # newstest2013, the validation set
         for side in ("src", "ref"):
             seg = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(lines, 1))
-            write(f"wmt14-en-fr/newstest2013-{side}.{lang}.sgm", SGM.format(seg))
+            for pair in ("fr", "de"):
+                if lang in ("en", pair):
+                    write(f"wmt14-en-{pair}/newstest2013-{side}.{lang}.sgm", SGM.format(seg))
+    for src, tgt, s_lines, t_lines in (("en", "de", EN, DE), ("de", "en", DE, EN)):
+        seg = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(s_lines, 1))
+        ref = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(t_lines, 1))
+        write(f"wmt14-en-de/newstest2014-deen-src.{src}.sgm", SGM.format(seg))
+        write(f"wmt14-en-de/newstest2014-deen-ref.{tgt}.sgm", SGM.format(ref))
+    # RACE in both layouts: the official per-article files (high) and the JSON Lines conversion (middle)
+    for a in RACE_ARTICLES:
+        write(f"race/RACE/test/high/{a['id'].removeprefix('high')}", json.dumps(a))
+    write("race/test_middle.jsonl", "".join(json.dumps(a) + "\n" for a in RACE_ARTICLES))
+    write("writingprompts/test.wp_source", "".join(p + "\n" for p in WP_SOURCE))
+    write("writingprompts/test.wp_target", "".join(t + "\n" for t in WP_TARGET))
     qa = [{"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"]}]
     write("nq_open/NQ-open.dev.jsonl", "".join(json.dumps(q) + "\n" for q in qa * 2))
     write(
@@ -180,6 +235,13 @@ def test_official_formats_parse(official, monkeypatch):
         3,
     )
     assert wmt.read_sgm(official / "wmt14-en-fr/newstest2014-fren-src.en.sgm") == EN
+    assert wmt.read_sgm(official / "wmt14-en-de/newstest2014-deen-ref.de.sgm") == DE
+    folder = race.read_folder(official / "race/RACE/test/high")
+    assert folder == race.read_jsonl(official / "race/test_middle.jsonl") and folder[0].questions[0].answer == 1
+    pairs = writingprompts.read_pairs(
+        official / "writingprompts/test.wp_source", official / "writingprompts/test.wp_target"
+    )
+    assert pairs == list(zip(WP_SOURCE, WP_TARGET, strict=True))
     assert perplexity.wikitext_articles(WIKI) == [  # the blank line before the first title goes with it
         " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n",
         " = Beta = \n Beta too . \n",
@@ -213,6 +275,12 @@ def test_real_shared_files_parse(shared_data):
         assert len(wmt.read_sgm(shared_data / f"wmt14-en-fr/newstest2014-fren-{name}.sgm")) == 3003
     cnn = cnn_dm.read_summeval(shared_data / "cnn_dm/summeval_cnndm_test100.jsonl", None)
     assert len(cnn) == 100 and "team's 0-0 draw" in cnn[0][0]
+    for name in ("src.en", "ref.de", "src.de", "ref.en"):
+        assert len(wmt.read_sgm(shared_data / f"wmt14-en-de/newstest2014-deen-{name}.sgm")) == 3003
+        assert len(wmt.read_sgm(shared_data / f"wmt14-en-de/newstest2013-{name}.sgm")) == 3000
+    for level, articles, questions in (("high", 1045, 3498), ("middle", 362, 1436)):  # Lai et al. 2017, Table 1
+        read = race.read_jsonl(shared_data / f"race/test_{level}.jsonl")
+        assert len(read) == articles and sum(len(a.questions) for a in read) == questions
 
 
 # ---------------------------------------------------------------------- prompt and protocol details
@@ -296,6 +364,11 @@ EXPECTED_N = {
     "wmt14-en-fr": 4,
     "wmt14-fr-en": 4,
     "nq": 2,
+    "race-high": 3,  # questions
+    "race-middle": 3,
+    "wmt14-en-de": 4,
+    "wmt14-de-en": 4,
+    "writingprompts": 2,
 }
 
 
@@ -311,15 +384,20 @@ def test_every_task_runs_on_official_format_files(official, tiny, gpt2_tokenizer
     t = results["tasks"]
     assert t["wikitext2"] == t["wikitext103"]  # the same file under both names scores the same
     assert t["ptb"]["word_ppl"] > 1 and 0 < t["enwik8"]["bpb"] < 20 and 0 < t["text8"]["bpc"] < 20
-    assert all(0 <= t[k][m] <= 100 for k in ("cbt-cn", "winograd", "hellaswag", "nq", "coqa") for m in TASKS[k].metrics)
+    classify = ("cbt-cn", "winograd", "hellaswag", "nq", "coqa", "race-high", "race-middle")
+    assert all(0 <= t[k][m] <= 100 for k in classify for m in TASKS[k].metrics)
+    assert t["race-high"] == t["race-middle"]  # the same articles in the two layouts score the same
+    assert t["writingprompts"]["word_ppl"] > 1
     protocol = results["protocol"]["tasks"]
     assert protocol["hellaswag"]["data"]["format"] == "official hellaswag_val.jsonl"
     assert protocol["cnn_dm"]["data"]["format"] == "official .story files"
     assert protocol["wikitext2"]["windows"] == 2 and protocol["text8"]["n_counts"] == "windows"
+    assert protocol["race-high"]["data"]["format"] == "official per-article JSON files"
+    assert protocol["wmt14-en-de"]["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
 
 
 def test_tasks_on_the_real_shared_data(shared_data, tiny, gpt2_tokenizer):
-    names = ["lambada", "wikitext2", "ptb", "winograd", "hellaswag", "nq", "wmt14-fr-en", "cnn_dm"]
+    names = ["lambada", "wikitext2", "ptb", "winograd", "hellaswag", "nq", "wmt14-fr-en", "cnn_dm", "race-middle"]
     results = evaluate(tiny, gpt2_tokenizer, names, data_dir=shared_data, offline=True, limit=2, batch_size=4)
     protocol = results["protocol"]["tasks"]
     for name in names:
@@ -511,13 +589,14 @@ def test_wmt_examples_come_from_newstest2013_never_from_the_test_set(shared_data
         return [" x"] * len(batch)
 
     monkeypatch.setattr(wmt, "generate_all", fake)
-    for src, tgt in (("en", "fr"), ("fr", "en")):
+    for src, tgt in (("en", "fr"), ("fr", "en"), ("en", "de"), ("de", "en")):
         prompts.clear()
         name = f"wmt14-{src}-{tgt}"
         r = evaluate(wide, gpt2_tokenizer, name, data_dir=shared_data, offline=True, limit=40)
-        folder = shared_data / "wmt14-en-fr"
-        test_src = set(wmt.read_sgm(folder / f"newstest2014-fren-src.{src}.sgm"))
-        test_ref = set(wmt.read_sgm(folder / f"newstest2014-fren-ref.{tgt}.sgm"))
+        other = "fr" if "fr" in (src, tgt) else "de"
+        folder = shared_data / f"wmt14-en-{other}"
+        test_src = set(wmt.read_sgm(folder / f"newstest2014-{other}en-src.{src}.sgm"))
+        test_ref = set(wmt.read_sgm(folder / f"newstest2014-{other}en-ref.{tgt}.sgm"))
         dev = set(
             zip(
                 wmt.read_sgm(folder / f"newstest2013-src.{src}.sgm"),
@@ -531,6 +610,36 @@ def test_wmt_examples_come_from_newstest2013_never_from_the_test_set(shared_data
         assert all(pair in dev for pair in shots)  # each example is a newstest2013 pair ...
         assert not any(s in test_src or t in test_ref for s, t in shots)  # ... and shares nothing with the test set
         assert r["protocol"]["tasks"][name]["shots_from"]["source"]["known_copy"] is True
+
+
+@pytest.mark.parametrize(("src", "tgt", "sources", "refs"), [("en", "de", EN, DE), ("de", "en", DE, EN)])
+def test_wmt_en_de_is_the_en_fr_protocol(official, tiny, gpt2_tokenizer, monkeypatch, src, tgt, sources, refs):
+    """ "english sentence = german sentence" (and the reverse) from newstest2013 pairs, the test sentence and " =",
+    the first generated sentence scored by sacreBLEU, its signature in the results."""
+    seen: list[str] = []
+
+    def fake(ctx, prompts, max_new_tokens, **kw):  # noqa: ANN001, ANN003
+        seen.extend(prompts)
+        assert kw.get("temperature", 0.0) == 0.0 and kw.get("top_k") is None  # greedy
+        return [" " + refs[sources.index(p.rsplit("\n", 1)[-1][:-2])] for p in prompts]
+
+    monkeypatch.setattr(wmt, "generate_all", fake)
+    name = f"wmt14-{src}-{tgt}"
+    r = evaluate(tiny, gpt2_tokenizer, name, data_dir=official, offline=True, shots=2)
+    dev = dict(zip(DEV_EN, DEV_DE, strict=True))
+    dev = dev if src == "en" else {d: e for e, d in dev.items()}
+    *shots, last = seen[0].split("\n")
+    assert last == f"{sources[0]} =" and len(shots) == 2
+    assert all(line in {f"{s} = {t}" for s, t in dev.items()} for line in shots)
+    # the generator returned each reference whole; only its first sentence is kept
+    hyps = [s.split(". ")[0] + "." if ". " in s else s for s in refs]
+    assert r["tasks"][name]["bleu"] == pytest.approx(corpus_bleu(hyps, refs))
+    protocol = r["protocol"]["tasks"][name]
+    assert protocol["sacrebleu_signature"] == "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" + (
+        __import__("sacrebleu").__version__
+    )
+    assert protocol["data"]["source"]["file"].endswith(f"wmt14-en-de/newstest2014-deen-src.{src}.sgm")
+    assert "this project's choice" in protocol["protocol_source"]
 
 
 def test_wmt_without_the_validation_set_says_which_file_and_where(
@@ -571,6 +680,14 @@ def test_table_names_winograd_scoring_and_rouge_l_against_the_paper() -> None:
     cells = dict(zip(columns, [c.strip() for c in paper.strip("|").split("|")], strict=True))
     assert cells["cnn_dm R-L"] == "26.58" and cells["winograd acc (partial scoring)"] == "70.70"
     assert "- ptb: ptb.test.txt is missing; get it from X" in table
+    assert "Protocols:\n- winograd: the paper, section 3.4\n- cnn_dm: the paper, section 3.6\n" in table
+
+
+def test_every_task_says_where_its_protocol_comes_from() -> None:
+    from gpt2.evaluate.report import PROTOCOL_SOURCE
+
+    assert set(PROTOCOL_SOURCE) == set(TASKS)
+    assert PROTOCOL_SOURCE["race-high"].startswith("GPT-3") and "this project's" in PROTOCOL_SOURCE["wmt14-en-de"]
 
 
 def test_table_cells_stay_short_for_untrained_perplexities() -> None:

@@ -52,6 +52,14 @@ def parser() -> argparse.ArgumentParser:
         "lowers perplexity. The often quoted 32 is from a later comment by an author about raw WikiText.",
     )
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and top-k sampling seed (default 0)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="writingprompts: also write N stories sampled (top-k 40) from test prompts, into the JSON and, with "
+        "--output, beside it as NAME.writingprompts.md",
+    )
     p.add_argument("--cbt-split", choices=("valid", "test"), default="valid", help="CBT split (default valid)")
     add_device_options(p, "float32", "float32 (default), or bfloat16 for speed; auto: bfloat16 on a GPU that has it")
     p.add_argument(
@@ -79,7 +87,7 @@ def run(argv: list[str]) -> None:
         if table_path == args.output:
             raise GPT2Error(f"--output {args.output} ends in .md, the table's name beside it; give e.g. results.json")
     runs: list[dict[str, Any]] = []
-    for name in args.model:
+    for i, name in enumerate(args.model):
         model, tokenizer, device = load_model(name, args.tokenizer, args.device, args.dtype)
         dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
         print(f"{name}: {model.num_params():,} parameters on {device} ({dtype})", file=sys.stderr, flush=True)
@@ -96,6 +104,12 @@ def run(argv: list[str]) -> None:
                 stride=args.stride,
                 seed=args.seed,
                 cbt_split=args.cbt_split,
+                samples=args.samples,
+                samples_path=None
+                if args.output is None
+                else args.output.with_suffix(
+                    ".writingprompts.md" if len(args.model) == 1 else f".{i}.writingprompts.md"
+                ),
                 model_name=name,
                 progress=not args.no_progress and sys.stderr.isatty(),
                 log=sys.stderr,

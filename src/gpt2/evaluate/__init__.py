@@ -49,6 +49,8 @@ def evaluate(
     stride: int | None = None,
     seed: int = 0,
     cbt_split: str = "valid",
+    samples: int = 0,
+    samples_path: str | Path | None = None,
     model_name: str | None = None,
     progress: bool = False,
     log: TextIO | None = None,
@@ -60,7 +62,8 @@ def evaluate(
     data_dir: a folder laid out as ../shared/data (default: the download cache). log: a text stream that gets one
     line per finished task (metrics, time, examples/s) or skipped one. skip_missing: a task whose data is missing
     (and cannot be downloaded) is skipped, its one-line reason (which says how to get the data) kept in "skipped",
-    rather than ending the run; a GPT2Error still ends it if no task ran.
+    rather than ending the run; a GPT2Error still ends it if no task ran. samples: writingprompts also writes this
+    many stories from test prompts (top-k 40) into its protocol, and as Markdown to samples_path when given.
     """
     names = parse_tasks(tasks)
     if limit is not None and limit < 1:
@@ -70,6 +73,8 @@ def evaluate(
     n_ctx = model.config.n_positions
     if stride is not None and not 1 <= stride <= n_ctx:
         raise GPT2Error(f"--stride must be in 1..{n_ctx} (the model's context), got {stride}")
+    if samples < 0:
+        raise GPT2Error(f"--samples must be >= 0, got {samples}")
     if cbt_split not in ("valid", "test"):
         raise GPT2Error(f"--cbt-split must be 'valid' or 'test', got {cbt_split!r}")
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -89,7 +94,7 @@ def evaluate(
         stride=stride,
         batch_size=batch_size,
         progress=progress,
-        options={"cbt_split": cbt_split},
+        options={"cbt_split": cbt_split, "samples": samples, "samples_path": samples_path},
     )
     p = model.lm_head.weight
     results: dict[str, Any] = {

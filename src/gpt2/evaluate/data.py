@@ -3,7 +3,8 @@ laid out as ../shared/data is (one folder per data set, official file names insi
 
 Lookup order for DIR/<folder>/<name>: the --data-dir folder, then the download cache (gpt2.hub.cache_dir()/data),
 then, unless offline, a download of the official file (or of the official archive, from which only the named
-member is extracted), checked by sha256 before anything is kept. A file found nowhere (and not downloadable) is a
+member is extracted, or the files of one archive folder joined one per line: RACE's per-article JSON files),
+checked by sha256 before anything is kept. A file found nowhere (and not downloadable) is a
 MissingData error, so that `evaluate(..., skip_missing=True)` can skip its task and run the others.
 """
 
@@ -43,10 +44,18 @@ class DataFile:
     md5: str | None = None
     size: int | None = None
     file_sha256: tuple[str, ...] = ()  # known digests of the file itself (official, and byte-exact copies)
+    join: str | None = None  # an archive folder whose files, sorted by name, become this file's lines
 
     @property
     def relpath(self) -> str:
         return f"{self.folder}/{self.name}"
+
+    @property
+    def where(self) -> str:
+        """Where to get it, for messages: the address, and the member or folder of the archive."""
+        if self.join:
+            return f"{self.url} (the files of {self.join}, joined one per line)"
+        return self.url + (f" (member {self.member})" if self.member else "")
 
 
 class DataDir:
@@ -67,7 +76,7 @@ class DataDir:
         """The local file, downloaded (and extracted from its archive) first if it is missing."""
         if (found := self.find(f)) is not None:
             return found
-        where = f"{f.url}" + (f" (member {f.member})" if f.member else "")
+        where = f.where
         if self.offline:
             raise MissingData(
                 f"{self.root / f.relpath} is missing; get it from {where} and put it there (or pass --data-dir "
@@ -75,10 +84,14 @@ class DataDir:
             )
         dest = self.cache / f.relpath
         try:
-            if f.member is None:
+            if f.member is None and f.join is None:
                 return self._fetch(f, dest)
             archive = self._fetch(f, self.cache / "archives" / f.url.rstrip("/").rsplit("/", 1)[-1])
-            extract_member(archive, f.member, dest)
+            if f.join is not None:
+                join_members(archive, f.join, dest)
+            else:
+                assert f.member is not None
+                extract_member(archive, f.member, dest)
             return dest
         except GPT2Error as e:
             raise MissingData(
@@ -134,6 +147,27 @@ def extract_member(archive: Path, member: str, dest: Path) -> None:
                         break
                 else:
                     raise GPT2Error(f"{archive}: has no member {member}")
+
+
+def join_members(archive: Path, folder: str, dest: Path) -> None:
+    """The files directly in one folder of a tar archive, sorted by name, written to dest one per line (each
+    file's bytes, less a final line break, then "\\n"), atomically; nothing is unpacked. A file that holds a
+    line break is an error, as the lines would no longer be the files."""
+    prefix = folder.strip("/") + "/"
+    with tarfile.open(archive, "r:*") as t:
+        inside = {i.name.removeprefix("./")[len(prefix) :]: i for i in t.getmembers()
+                  if i.isfile() and i.name.removeprefix("./").startswith(prefix)}  # fmt: skip
+        members = [inside[n] for n in sorted((n for n in inside if "/" not in n), key=str.encode)]
+        if not members:
+            raise GPT2Error(f"{archive}: has no files in {folder}")
+        with atomic_open(dest) as out:
+            for info in members:
+                src = t.extractfile(info)
+                assert src is not None
+                data = src.read().rstrip(b"\r\n")
+                if b"\n" in data:
+                    raise GPT2Error(f"{archive}: {info.name} holds a line break; expected one record per file")
+                out.write(data + b"\n")
 
 
 def read_jsonl(path: Path, parse: Callable[[dict], T], expected: str, limit: int | None = None) -> list[T]:

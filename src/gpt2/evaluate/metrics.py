@@ -60,9 +60,16 @@ def coqa_scores(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU with sacrebleu's defaults (13a tokenisation, exponent smoothing), the WMT standard."""
-    import sacrebleu
+    return corpus_bleu_signed(hypotheses, references)[0]
 
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+def corpus_bleu_signed(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+    """corpus_bleu and sacrebleu's signature of how it was computed (nrefs|case|eff|tok|smooth|version), which
+    BLEU figures must carry to be comparable (Post 2018, "A Call for Clarity in Reporting BLEU Scores")."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU()
+    return float(bleu.corpus_score(list(hypotheses), [list(references)]).score), str(bleu.get_signature())
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeLsum", "rougeL")

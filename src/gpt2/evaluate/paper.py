@@ -49,5 +49,5 @@ SOURCE = (
     "paper: Radford et al. 2019, Table 3 for every size; the 1542M model's Winograd, CoQA, WMT-14 and NQ figures "
     "from sections 3.4-3.8, CNN/DM from Table 4 (its R-L is summary-level ROUGE-L, rouge-score's rougeLsum), and "
     "its LAMBADA acc without the stop-word filter (52.66) from section 3.3 (Table 3's LAMBADA acc is with it). "
-    "HellaSwag is not in the paper."
+    "HellaSwag, RACE, WMT-14 En-De and WritingPrompts are not in the paper."
 )

@@ -1,5 +1,6 @@
 """The results as a Markdown table shaped like the paper's Table 3: one row per checkpoint (ours, then the
-paper's four sizes), one column per task metric; below it, the tasks skipped for missing data, with the reason."""
+paper's four sizes), one column per task metric; below it, where each task's protocol comes from (the paper,
+GPT-3, or this project's choice), and the tasks skipped for missing data, with the reason."""
 
 from __future__ import annotations
 
@@ -13,6 +14,31 @@ from gpt2.evaluate.tasks import TASKS
 HEADLINE = {
     "lambada": ("ppl", "acc", "acc_stopword_filter"),
     "cnn_dm": ("rouge1", "rouge2", "rougeLsum", "rouge_avg"),
+    "race-high": ("acc", "acc_norm"),
+    "race-middle": ("acc", "acc_norm"),
+}
+# Where each task's protocol comes from, printed under the table (each task module's docstring has the details).
+_PAPER = "the paper"
+PROTOCOL_SOURCE = {
+    "lambada": f"{_PAPER}, section 3.3",
+    "cbt-cn": f"{_PAPER}, section 3.2",
+    "cbt-ne": f"{_PAPER}, section 3.2",
+    **dict.fromkeys(
+        ("wikitext2", "ptb", "enwik8", "text8", "wikitext103", "1bw"),
+        f"{_PAPER}, section 3.1 (the window stride is this project's reading: disjoint windows)",
+    ),
+    "winograd": f"{_PAPER}, section 3.4",
+    "hellaswag": "lm-evaluation-harness (not in the paper)",
+    "coqa": f"{_PAPER}, section 3.5",
+    "cnn_dm": f"{_PAPER}, section 3.6",
+    "wmt14-en-fr": f"{_PAPER}, section 3.7",
+    "wmt14-fr-en": f"{_PAPER}, section 3.7",
+    "nq": f"{_PAPER}, section 3.8",
+    "race-high": "GPT-3 (Brown et al. 2020) as lm-evaluation-harness implements it; not in the paper",
+    "race-middle": "GPT-3 (Brown et al. 2020) as lm-evaluation-harness implements it; not in the paper",
+    "wmt14-en-de": "this project's: the paper's WMT-14 En-Fr protocol (section 3.7) on En-De",
+    "wmt14-de-en": "this project's: the paper's WMT-14 En-Fr protocol (section 3.7) on De-En",
+    "writingprompts": "this project's: the paper's perplexity protocol (section 3.1) on Fan et al. 2018's test split",
 }
 _LOWER_IS_BETTER = ("ppl", "bpb", "bpc", "bits_per_byte")
 _SHORT = {
@@ -53,6 +79,9 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
         cells = [fmt(m, PAPER[size].get((t, m))) for t, m in cols]
         lines.append("| " + " | ".join([f"paper GPT-2 {size}", *cells]) + " |")
     notes = [f"{SOURCE} ↓: lower is better. Accuracy, F1, EM, ROUGE and BLEU in percent."]
+    shown = list(dict.fromkeys(t for t, _ in cols))
+    if shown:
+        notes.append("Protocols:\n" + "\n".join(f"- {t}: {PROTOCOL_SOURCE.get(t, 'see its module')}" for t in shown))
     skipped = {t: why for run in runs for t, why in run.get("skipped", {}).items()}
     if skipped:
         notes.append("Skipped, their data missing:\n" + "\n".join(f"- {t}: {why}" for t, why in skipped.items()))

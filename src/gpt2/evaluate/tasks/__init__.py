@@ -10,10 +10,13 @@ from gpt2.evaluate.tasks.hellaswag import HellaSwag
 from gpt2.evaluate.tasks.lambada import Lambada
 from gpt2.evaluate.tasks.nq import NaturalQuestions
 from gpt2.evaluate.tasks.perplexity import LanguageModeling
+from gpt2.evaluate.tasks.race import RACE
 from gpt2.evaluate.tasks.winograd import Winograd
 from gpt2.evaluate.tasks.wmt import WMT
+from gpt2.evaluate.tasks.writingprompts import WritingPrompts
 
-# In the paper's order: Table 3 left to right, then the later sections.
+# In the paper's order: Table 3 left to right, then the later sections; then the tasks the paper did not report
+# (RACE from GPT-3, WMT-14 En-De, WritingPrompts), whose protocols say where they come from.
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -33,6 +36,11 @@ TASKS: dict[str, Task] = {
         WMT("en", "fr"),
         WMT("fr", "en"),
         NaturalQuestions(),
+        RACE("high"),
+        RACE("middle"),
+        WMT("en", "de"),
+        WMT("de", "en"),
+        WritingPrompts(),
     )
 }
 

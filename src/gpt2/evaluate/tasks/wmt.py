@@ -1,16 +1,22 @@
-"""WMT-14 English-French translation, newstest2014 (3,003 sentences), both directions.
+"""WMT-14 translation, newstest2014 (3,003 sentences): English-French (the paper's, section 3.7) and English-German
+(not in the paper: the same protocol on the other classic WMT-14 pair), both directions each.
 
 Protocol (the paper's): a context of example pairs "source sentence = target sentence", one per line, then the
 test sentence and " =", decoded greedily to the end of the line; the first generated sentence is the
-translation. bleu: sacrebleu's corpus BLEU (13a tokenisation), the WMT standard.
+translation. bleu: sacrebleu's corpus BLEU (13a tokenisation), the WMT standard; its signature is in the results'
+protocol. En-De and De-En ("english sentence = german sentence", and the reverse) use this protocol unchanged:
+the paper evaluated only En-Fr, so applying it to En-De is this project's choice.
 The example pairs: the paper does not say where from or how many. We draw K (default 5, --shots) for each
 sentence, deterministically by --seed, from the validation set: newstest2013, which WMT14 ships as its dev set
-(and WMT13 as its test set). Never from newstest2014: examples from the test set would show the model test
-sentences and references. A newstest2013 pair whose source or reference is also a test sentence is dropped too.
+(and WMT13 as its test set; it is one multi-way set, so the same 3,000 sentences serve French and German). Never
+from newstest2014: examples from the test set would show the model test sentences and references. A newstest2013
+pair whose source or reference is also a test sentence is dropped too.
 With --shots 0 the validation set is not read; otherwise a missing one is a one-line error naming the file and
 where to get it (or is downloaded: the official WMT13 test.tgz, checked against sacrebleu's md5 of it).
-Data: the "full" newstest2014 .sgm files (as sacrebleu's wmt14/full uses), from statmt.org's test-full.tgz;
-newstest2013-src.{src}.sgm + newstest2013-ref.{tgt}.sgm for the examples.
+Data: the "full" newstest2014 .sgm files (as sacrebleu's wmt14/full uses; for De-En the 3,003-sentence set, not
+the 2,737-sentence filtered one of WMT14's original test.tgz), from statmt.org's test-full.tgz, in
+wmt14-en-fr/newstest2014-fren-* and wmt14-en-de/newstest2014-deen-*; newstest2013-src.{src}.sgm +
+newstest2013-ref.{tgt}.sgm, in the same folder, for the examples.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataFile, MissingData
-from gpt2.evaluate.metrics import corpus_bleu
+from gpt2.evaluate.metrics import corpus_bleu_signed
 from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, sample_shots, sentences, take
 
 TEST_FULL = "https://statmt.org/wmt14/test-full.tgz"
@@ -37,13 +43,21 @@ _DEV_SHA256 = {
     "ref.fr": "5f3f0566723eef4e27236ebf0e04a74a00ec9302c2346b8d9369a7b987498afd",
     "src.fr": "cd31fe1333638ca3672ef88bfca0054a6be39bfeeb9c754b9ecdbc4827bc2f29",
     "ref.en": "b4c44c76d1b46fa0684500e20f04c4825d2ad1d5ea51d8245b0145c1b8b74d91",
+    "src.de": "46f5d6030604f9414be8961d3cc4acc3cc806879880a81d1eabae912371b375d",
+    "ref.de": "e9baca082688582e9a57218ff040d9c32aa6c6534024f53eafa1244b3e5ffca3",
 }
 
 
-def dev_file(side: str, lang: str) -> DataFile:
+def folder(src: str, tgt: str) -> str:
+    """The data folder of a pair: wmt14-en-fr, wmt14-en-de (one per language pair, both directions in it)."""
+    other = tgt if src == "en" else src
+    return f"wmt14-en-{other}"
+
+
+def dev_file(side: str, lang: str, pair_folder: str = "wmt14-en-fr") -> DataFile:
     name = f"newstest2013-{side}.{lang}.sgm"
     return DataFile(
-        "wmt14-en-fr",
+        pair_folder,
         name,
         DEV_URL,
         None,
@@ -53,11 +67,13 @@ def dev_file(side: str, lang: str) -> DataFile:
     )
 
 
-def sgm_file(side: str, lang: str) -> DataFile:
-    name = f"newstest2014-fren-{side}.{lang}.sgm"
-    return DataFile("wmt14-en-fr", name, TEST_FULL, None, member=f"test-full/{name}", md5=TEST_FULL_MD5)
+def sgm_file(side: str, lang: str, pair_folder: str = "wmt14-en-fr") -> DataFile:
+    other = pair_folder.rsplit("-", 1)[-1]
+    name = f"newstest2014-{other}en-{side}.{lang}.sgm"  # WMT names both directions of a pair "fren", "deen"
+    return DataFile(pair_folder, name, TEST_FULL, None, member=f"test-full/{name}", md5=TEST_FULL_MD5)
 
 
+_DE_SOURCE = "the paper's WMT-14 En-Fr protocol (section 3.7) applied to En-De: this project's choice"
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>")
 
 
@@ -79,9 +95,12 @@ class WMT(Task):
 
     def __init__(self, src: str, tgt: str) -> None:
         self.src, self.tgt = src, tgt
+        if "en" not in (src, tgt) or src == tgt:
+            raise GPT2Error(f"WMT-14 pairs are English and another language, got {src}-{tgt}")
         self.name = f"wmt14-{src}-{tgt}"
-        self.files = (sgm_file("src", src), sgm_file("ref", tgt))
-        self.dev_files = (dev_file("src", src), dev_file("ref", tgt))
+        pair = folder(src, tgt)
+        self.files = (sgm_file("src", src, pair), sgm_file("ref", tgt, pair))
+        self.dev_files = (dev_file("src", src, pair), dev_file("ref", tgt, pair))
 
     def examples(
         self, ctx: Context, test_sources: set[str], test_refs: set[str]
@@ -124,16 +143,19 @@ class WMT(Task):
             truncated += cut
         outputs = generate_all(ctx, prompts, max_new, desc=self.name)
         hyps = [(sentences(o) or [""])[0] for o in outputs]
+        bleu, signature = corpus_bleu_signed(hyps, [r for _, r in pairs[: len(hyps)]])
         protocol = {
             "data": {
                 "source": ctx.data.describe(self.files[0], src_path),
                 "reference": ctx.data.describe(self.files[1], ref_path),
             },
             "prompt": "K lines '{source} = {target}', then '{source} ='",
+            "protocol_source": "the paper's (section 3.7)" if "fr" in (self.src, self.tgt) else _DE_SOURCE,
             "shots": k,
             "shots_from": shots_from,
             "decoding": f"greedy to the end of the line (at most {max_new} tokens); first sentence kept",
             "bleu": "sacrebleu corpus_bleu, 13a tokenisation",
+            "sacrebleu_signature": signature,
             "truncated_prompts": truncated,
         }
-        return Result({"bleu": corpus_bleu(hyps, [r for _, r in pairs[: len(hyps)]])}, len(hyps), protocol)
+        return Result({"bleu": bleu}, len(hyps), protocol)
