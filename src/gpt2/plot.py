@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2.errors import GPT2Error
 from gpt2.io import atomic_open
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -33,12 +36,8 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def plot_runs(run_dirs: list[str], output: str | os.PathLike, log_x: bool = False) -> Path:
     """Draw each run's train loss (thin) and val loss (markers) against tokens seen; write a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig = new_figure(figsize=(8, 5), dpi=120)
+    ax = fig.add_subplot()
     for i, run in enumerate(run_dirs):
         rows = read_metrics(run)
         color = f"C{i}"
@@ -58,10 +57,23 @@ def plot_runs(run_dirs: list[str], output: str | os.PathLike, log_x: bool = Fals
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    output = Path(output)
-    try:
-        with atomic_open(output) as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
-    return output
+    return save_png(fig, output)
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure drawn by the Agg backend, made without pyplot: no GUI backend is chosen or loaded and
+    no global figure list holds it, so library code never needs to close it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write fig as a PNG at path, atomically."""
+    path = Path(path)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png")
+    return path
