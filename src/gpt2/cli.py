@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("plot", "draw a run's train/val loss against tokens seen to a PNG"),
     "generate": ("generate", "sample text from a model (top-k 40 by default, as in the paper)"),
     "eval": ("eval", "zero/few-shot evaluation with the paper's protocols (LAMBADA, WikiText, ...)"),
+    "webtext": ("webtext", "build a WebText-style corpus from Reddit submission dumps (fetch, extract, dedup, filter)"),
     "overlap": ("overlap", "8-gram overlap of test sets with a training corpus, by Bloom filter (paper, Section 4)"),
     "scale": ("scale", "train and evaluate a family of model sizes on one budget; fit loss against parameters"),
 }

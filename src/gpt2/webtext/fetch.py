@@ -1,0 +1,426 @@
+"""Stage 2, fetch: a polite, resumable crawler for the selected links, as a datatrove pipeline step.
+
+Each task fetches the links of its own hosts (`links.host_shard`), so the per-host limits hold across tasks:
+at most `per_host_concurrency` requests to a host at once, `per_host_delay` seconds between their starts, and
+robots.txt honoured (RFC 9309: a missing robots.txt allows everything, an unreachable one allows nothing).
+Requests time out, transient failures (timeouts, dropped connections, 429 and 5xx) are retried with
+exponential back-off up to `retries` times, bodies are cut at `max_bytes`, only HTML is kept, redirects are
+followed by hand (each hop checked like the first) and recorded, and the charset comes from the header, the
+page's <meta>, UTF-8, or detection, in that order.
+
+A crawler fed arbitrary links must not become a way into the network it runs in (cloud metadata services, a
+cluster's internal dashboards), so hosts that resolve to private, loopback, link-local or other non-global
+addresses are refused unless `allow_private_addresses` is set. The check resolves the name before the request,
+so a host that answers DNS differently a moment later (rebinding) is not covered; run crawlers where the
+network itself keeps them out of internal services too.
+
+State lives in SQLite, one database per task: a page is marked done (with its status, attempts, final URL,
+redirects, content hash and compressed body) in the same transaction that stores it, so a run killed at any
+point resumes with every finished page kept and none fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hashlib
+import ipaddress
+import json
+import re
+import socket
+import sqlite3
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from gpt2.errors import GPT2Error
+from gpt2.webtext.links import is_wikipedia, normalise_url, read_links
+
+if TYPE_CHECKING:
+    import httpx
+
+USER_AGENT = "gpt2-webtext/0.1 (a WebText-style research crawler; honours robots.txt)"
+ROBOTS_AGENT = "gpt2-webtext"
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pages (
+    url TEXT PRIMARY KEY, karma INTEGER, created_utc INTEGER, subreddit TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',  -- pending, done or failed
+    kind TEXT,                               -- 'ok', or the kind of the last failure
+    attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, final_url TEXT, redirects TEXT,
+    content_type TEXT, charset TEXT, truncated INTEGER, content_hash TEXT, body BLOB, error TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass
+class FetchConfig:
+    """How politely and how hard to fetch."""
+
+    concurrency: int = 64  # requests in flight per task, over all hosts
+    per_host_concurrency: int = 2
+    per_host_delay: float = 1.0  # seconds between the starts of two requests to one host
+    timeout: float = 20.0  # seconds to connect, and between two pieces of a body
+    page_deadline: float = 60.0  # seconds for a whole page, redirects included (a slow trickle ends here)
+    max_bytes: int = 2_000_000  # bodies are cut here
+    retries: int = 2  # further attempts after a transient failure
+    backoff: float = 2.0  # seconds before the first retry, doubled for each further one
+    max_redirects: int = 10
+    allow_private_addresses: bool = False
+    user_agent: str = USER_AGENT
+    progress: bool = True
+
+
+@dataclass
+class Outcome:
+    status: str  # done, failed, or retry (a transient failure)
+    kind: str
+    http_status: int | None = None
+    final_url: str | None = None
+    redirects: list[str] = field(default_factory=list)
+    content_type: str | None = None
+    charset: str | None = None
+    truncated: bool = False
+    content_hash: str | None = None
+    text: str | None = None
+    error: str | None = None
+
+
+def open_state(path: str | Path) -> sqlite3.Connection:
+    """The fetch state database (created if new). WAL: a killed process loses at most the page in flight."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+def failures_by_kind(state_dir: str | Path) -> dict[str, int]:
+    """Failed pages by kind, over every task's state database."""
+    counts: Counter[str] = Counter()
+    for path in sorted(Path(state_dir).glob("*.sqlite")):
+        db = sqlite3.connect(path)
+        try:
+            counts.update(dict(db.execute("SELECT kind, COUNT(*) FROM pages WHERE status='failed' GROUP BY kind")))
+        finally:
+            db.close()
+    return dict(sorted(counts.items()))
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+
+def _codec(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.strip().strip("\"'")).name
+    except LookupError:
+        return None
+
+
+def decode_html(body: bytes, header_charset: str | None) -> tuple[str, str] | None:
+    """(text, charset) of an HTML body: the header's charset, else the page's <meta>, else UTF-8, else the one
+    charset_normalizer detects; None if the bytes are not text at all (an image served as text/html)."""
+    if b"\0" in body[:8192]:  # no text encoding a page would use puts NUL bytes in its markup
+        return None
+    candidates = [_codec(header_charset)]
+    if m := _META_CHARSET.search(body[:4096]):
+        candidates.append(_codec(m.group(1).decode("ascii", "replace")))
+    candidates.append("utf-8")
+    for name in filter(None, candidates):
+        try:
+            return body.decode(name), name
+        except (UnicodeDecodeError, LookupError):
+            continue
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(body[:65536]).best()
+    if best is None:
+        return None
+    return body.decode(best.encoding, "replace"), best.encoding
+
+
+def _mime(content_type: str | None) -> tuple[str, str | None]:
+    if not content_type:
+        return "", None
+    parts = [p.strip() for p in content_type.split(";")]
+    charset = next((p.split("=", 1)[1] for p in parts[1:] if p.lower().startswith("charset=")), None)
+    return parts[0].lower(), charset
+
+
+# ------------------------------------------------------------------------------------------------ the crawler
+class Crawler:
+    """Fetches pages under FetchConfig's rules; `fetch(url)` gives an Outcome and never raises."""
+
+    def __init__(self, cfg: FetchConfig) -> None:
+        self.cfg = cfg
+        self.client = self._client(cfg.concurrency)  # for hosts without their own: robots.txt, redirect targets
+        self.host_clients: dict[str, httpx.AsyncClient] = {}
+        self.robots: dict[str, RobotFileParser | bool] = {}
+        self.robot_locks: dict[str, asyncio.Lock] = {}
+        self.addresses: dict[str, bool] = {}
+
+    def _client(self, connections: int) -> httpx.AsyncClient:
+        import httpx
+
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.cfg.timeout),
+            follow_redirects=False,  # followed by hand, so every hop is checked for private addresses and robots
+            headers={"User-Agent": self.cfg.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"},
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            trust_env=False,  # a proxy from the environment would see (and could be) the internal network
+        )
+
+    def open_host(self, netloc: str) -> None:
+        """Gives a host its own small connection pool while its pages are fetched: httpx's pool scans all of its
+        connections for every request, so one shared pool of many connections costs more CPU than the parsing."""
+        self.host_clients[netloc] = self._client(self.cfg.per_host_concurrency)
+
+    async def close_host(self, netloc: str) -> None:
+        if client := self.host_clients.pop(netloc, None):
+            await client.aclose()
+
+    def client_for(self, url: str) -> httpx.AsyncClient:
+        return self.host_clients.get(urlsplit(url).netloc, self.client)
+
+    async def close(self) -> None:
+        for netloc in list(self.host_clients):
+            await self.close_host(netloc)
+        await self.client.aclose()
+
+    async def _refused(self, url: str) -> bool:
+        """Whether the URL's host is (or resolves to) an address that is not on the public internet."""
+        if self.cfg.allow_private_addresses:
+            return False
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if host not in self.addresses:
+            try:
+                addresses = [ipaddress.ip_address(host)]
+            except ValueError:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+                addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+            self.addresses[host] = not addresses or any(not a.is_global for a in addresses)
+        return self.addresses[host]
+
+    async def _robots_allows(self, url: str) -> bool:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        lock = self.robot_locks.setdefault(origin, asyncio.Lock())
+        async with lock:  # one robots.txt request per origin, however many pages wait for it
+            if origin not in self.robots:
+                self.robots[origin] = await self._load_robots(origin)
+        rules = self.robots[origin]
+        return rules if isinstance(rules, bool) else rules.can_fetch(ROBOTS_AGENT, url)
+
+    async def _load_robots(self, origin: str) -> RobotFileParser | bool:
+        import httpx
+
+        try:
+            r = await asyncio.wait_for(self.client_for(origin).get(origin + "/robots.txt"), self.cfg.timeout)
+        except (httpx.HTTPError, asyncio.TimeoutError, OSError):
+            return False  # unreachable: RFC 9309 says assume everything is disallowed
+        if 400 <= r.status_code < 500 or 300 <= r.status_code < 400:
+            return True  # no robots.txt: everything is allowed (redirects are not followed for it)
+        if r.status_code >= 500:
+            return False
+        parser = RobotFileParser()
+        parser.parse(r.content[:500_000].decode("utf-8", "replace").splitlines())
+        return parser
+
+    async def fetch(self, url: str) -> Outcome:
+        import httpx
+
+        try:
+            return await asyncio.wait_for(self._fetch(url), self.cfg.page_deadline)
+        except asyncio.TimeoutError:
+            return Outcome("retry", "timeout", error=f"no complete answer in {self.cfg.page_deadline:g} s")
+        except httpx.TimeoutException as e:
+            return Outcome("retry", "timeout", error=str(e) or type(e).__name__)
+        except socket.gaierror as e:
+            return Outcome("failed", "dns", error=str(e))
+        except (httpx.TransportError, OSError) as e:
+            return Outcome("retry", "connection", error=str(e) or type(e).__name__)
+        except httpx.HTTPError as e:  # an invalid URL or header: trying again would not help
+            return Outcome("failed", "invalid", error=str(e) or type(e).__name__)
+
+    async def _fetch(self, url: str) -> Outcome:
+        redirects: list[str] = []
+        for _ in range(self.cfg.max_redirects + 1):
+            host = urlsplit(url).hostname or ""
+            if is_wikipedia(host):
+                return Outcome("failed", "wikipedia", final_url=url, redirects=redirects)
+            if await self._refused(url):
+                return Outcome("failed", "private_address", final_url=url, redirects=redirects)
+            if not await self._robots_allows(url):
+                return Outcome("failed", "robots", final_url=url, redirects=redirects)
+            async with self.client_for(url).stream("GET", url) as r:
+                if r.is_redirect and "location" in r.headers:
+                    target = normalise_url(urljoin(url, r.headers["location"]))
+                    if target is None:
+                        return Outcome("failed", "bad_redirect", r.status_code, url, redirects)
+                    url = target
+                    redirects.append(url)
+                    continue
+                if r.status_code in TRANSIENT_STATUS:
+                    return Outcome("retry", f"http_{r.status_code}", r.status_code, url, redirects)
+                if r.status_code >= 300:
+                    return Outcome("failed", f"http_{r.status_code}", r.status_code, url, redirects)
+                mime, charset = _mime(r.headers.get("content-type"))
+                if mime and mime not in HTML_TYPES:
+                    return Outcome("failed", "content_type", r.status_code, url, redirects, content_type=mime)
+                body, truncated = bytearray(), False
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) >= self.cfg.max_bytes:
+                        truncated = True
+                        del body[self.cfg.max_bytes :]
+                        break
+            raw = bytes(body)
+            if not raw.strip():
+                return Outcome("failed", "empty", r.status_code, url, redirects, content_type=mime)
+            decoded = decode_html(raw, charset)
+            if decoded is None:
+                return Outcome("failed", "binary", r.status_code, url, redirects, content_type=mime)
+            text, charset = decoded
+            digest = hashlib.sha256(raw).hexdigest()
+            return Outcome("done", "ok", r.status_code, url, redirects, mime, charset, truncated, digest, text)
+        return Outcome("failed", "too_many_redirects", final_url=url, redirects=redirects)
+
+
+# ------------------------------------------------------------------------------------------------ the step
+class FetchPages(PipelineStep):
+    """Fetches this task's links (from `links.jsonl`) into `state_dir/RANK.sqlite`, then yields every page
+    fetched, sorted by URL (text: the HTML; metadata: url, final_url, karma, created_utc, subreddit)."""
+
+    type = "🌐 - FETCH"
+    name = "polite fetcher"
+
+    def __init__(self, links: str | Path, state_dir: str | Path, config: FetchConfig | None = None) -> None:
+        super().__init__()
+        self.links = str(links)
+        self.state_dir = str(state_dir)
+        self.config = config or FetchConfig()
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        db = open_state(Path(self.state_dir) / f"{rank:05d}.sqlite")
+        try:
+            self._add_links(db, rank, world_size)
+            asyncio.run(self._crawl(db))
+            counts = dict(db.execute("SELECT status, COUNT(*) FROM pages GROUP BY status"))
+            self.stat_update("done", value=counts.get("done", 0))
+            self.stat_update("failed", value=counts.get("failed", 0))
+            yield from self._pages(db)
+        finally:
+            db.close()
+
+    def _add_links(self, db: sqlite3.Connection, rank: int, world_size: int) -> None:
+        # The links are split among tasks by host; resuming with another --tasks would split them otherwise.
+        row = db.execute("SELECT value FROM meta WHERE key='world_size'").fetchone()
+        if row and int(row[0]) != world_size:
+            raise GPT2Error(
+                f"{self.state_dir} was fetched with --tasks {row[0]}; resume with the same --tasks "
+                f"(or remove that folder to start the fetch again)"
+            )
+        with db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('world_size', ?)", (str(world_size),))
+            db.executemany(
+                "INSERT OR IGNORE INTO pages (url, karma, created_utc, subreddit) VALUES (?, ?, ?, ?)",
+                ((r["url"], r["karma"], r["created_utc"], r.get("subreddit", "")) for r in read_links(
+                    self.links, rank, world_size)),
+            )  # fmt: skip
+
+    async def _crawl(self, db: sqlite3.Connection) -> None:
+        cfg = self.config
+        max_attempts = 1 + cfg.retries
+        rows = db.execute("SELECT url, attempts FROM pages WHERE status='pending' ORDER BY url").fetchall()
+        by_host: dict[str, deque[tuple[str, int]]] = {}
+        for url, attempts in rows:
+            by_host.setdefault(urlsplit(url).netloc, deque()).append((url, attempts))
+        if not by_host:
+            return
+        from tqdm import tqdm
+
+        failures: Counter[str] = Counter()
+        bar = tqdm(total=len(rows), unit="page", desc="fetch", disable=not cfg.progress, smoothing=0.1)
+        crawler = Crawler(cfg)
+        requests = asyncio.Semaphore(cfg.concurrency)
+
+        def record(url: str, attempts: int, out: Outcome) -> None:
+            status = "pending" if out.status == "retry" and attempts < max_attempts else out.status
+            status = "failed" if status == "retry" else status
+            body = zlib.compress(out.text.encode("utf-8"), 6) if out.text is not None else None
+            with db:  # one transaction: the page and its status land together or not at all
+                db.execute(
+                    "UPDATE pages SET status=?, kind=?, attempts=?, http_status=?, final_url=?, redirects=?,"
+                    " content_type=?, charset=?, truncated=?, content_hash=?, body=?, error=? WHERE url=?",
+                    (status, out.kind, attempts, out.http_status, out.final_url, json.dumps(out.redirects),
+                     out.content_type, out.charset, int(out.truncated), out.content_hash, body, out.error, url),
+                )  # fmt: skip
+            if status != "pending":
+                bar.update(1)
+                if status == "failed":
+                    failures[out.kind] += 1
+                    bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in failures.most_common(6)), refresh=False)
+
+        async def host_worker(queue: deque[tuple[str, int]], schedule: list[float], lock: asyncio.Lock) -> None:
+            while queue:
+                url, attempts = queue.popleft()
+                while True:
+                    async with lock:  # the delay is between request starts, whichever worker makes them
+                        wait = schedule[0] - time.monotonic()
+                        schedule[0] = max(schedule[0], time.monotonic()) + cfg.per_host_delay
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    async with requests:
+                        out = await crawler.fetch(url)
+                    attempts += 1
+                    record(url, attempts, out)
+                    if out.status != "retry" or attempts >= max_attempts:
+                        break
+                    await asyncio.sleep(cfg.backoff * 2 ** (attempts - 1))  # back off: the host may be struggling
+
+        async def do_host(netloc: str, queue: deque[tuple[str, int]]) -> None:
+            schedule, lock = [time.monotonic()], asyncio.Lock()
+            workers = min(cfg.per_host_concurrency, len(queue))
+            crawler.open_host(netloc)
+            try:
+                await asyncio.gather(*(host_worker(queue, schedule, lock) for _ in range(workers)))
+            finally:
+                await crawler.close_host(netloc)
+
+        try:
+            # Hosts are started lazily, a bounded number at a time: a dump can hold millions of them.
+            active: set[asyncio.Task] = set()
+            for netloc, queue in by_host.items():
+                active.add(asyncio.ensure_future(do_host(netloc, queue)))
+                if len(active) >= cfg.concurrency:
+                    _, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+            if active:
+                await asyncio.gather(*active)
+        finally:
+            bar.close()
+            await crawler.close()
+
+    def _pages(self, db: sqlite3.Connection) -> Iterator[Document]:
+        cursor = db.execute(
+            "SELECT url, final_url, karma, created_utc, subreddit, body FROM pages WHERE status='done' ORDER BY url"
+        )
+        for url, final_url, karma, created_utc, subreddit, body in cursor:
+            meta = {"url": url, "final_url": final_url, "karma": karma, "created_utc": created_utc,
+                    "subreddit": subreddit}  # fmt: skip
+            yield Document(text=zlib.decompress(body).decode("utf-8"), id=url, metadata=meta)
