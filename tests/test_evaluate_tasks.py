@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_evaluate_race import ARTICLES as RACE_ARTICLES
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate import TASKS, evaluate, parse_tasks
@@ -121,22 +122,6 @@ DE = [
 DEV_EN = ["Dev sentence one.", "Dev sentence two.", "Dev sentence three."]
 DEV_FR = ["Phrase de dev un.", "Phrase de dev deux.", "Phrase de dev trois."]
 DEV_DE = ["Dev Satz eins.", "Dev Satz zwei.", "Dev Satz drei."]
-RACE_ARTICLES = [
-    {
-        "answers": ["B", "A"],
-        "options": [["red", "blue", "green", "black"], ["a dog", "a cat", "a bird", "a fish"]],
-        "questions": ["Tom's car is   _  .", "What does Tom have?"],
-        "article": "Tom has a blue car and a dog.",
-        "id": "high1.txt",
-    },
-    {
-        "answers": ["C"],
-        "options": [["Monday", "Tuesday", "Sunday", "Friday"]],
-        "questions": ["When does Ann rest?"],
-        "article": "Ann rests on Sunday.",
-        "id": "high10.txt",
-    },
-]
 WP_SOURCE = ["[ WP ] A dragon learns to read .", "[ EU ] The moon is n't real ."]
 WP_TARGET = [
     "`` Hello , '' said the dragon . <newline> <newline> It did n't know how .",

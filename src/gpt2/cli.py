@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "webtext": ("webtext", "build a WebText-style corpus from Reddit submission dumps (fetch, extract, dedup, filter)"),
     "overlap": ("overlap", "8-gram overlap of test sets with a training corpus, by Bloom filter (paper, Section 4)"),
     "scale": ("scale", "train and evaluate a family of model sizes on one budget; fit loss against parameters"),
+    "serve": ("serve", "serve a model over HTTP: OpenAI's completions API with continuous batching, a playground"),
 }
 
 
