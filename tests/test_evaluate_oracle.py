@@ -24,15 +24,7 @@ N_CTX = 256
 def checkpoint(tmp_path_factory, gpt2_tokenizer):
     """A small random GPT-2 written by transformers (with GPT-2's vocabulary), and HF's model and tokenizer."""
     folder = tmp_path_factory.mktemp("hf-tiny")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_positions=N_CTX, n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
-    )
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    hf.save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    hf_tok = transformers.GPT2TokenizerFast.from_pretrained(folder)  # reads the vocab.json + merges.txt just written
-    return folder, hf, hf_tok
+    return folder, *tiny_checkpoint(folder, gpt2_tokenizer, N_CTX)
 
 
 def hf_logprobs(hf, ids: list[int]) -> torch.Tensor:
@@ -109,7 +101,7 @@ def tiny_checkpoint(folder, gpt2_tokenizer, n_positions: int):
     hf = transformers.GPT2LMHeadModel(config).eval()
     hf.save_pretrained(folder)
     gpt2_tokenizer.save_pretrained(folder)
-    return hf, transformers.GPT2TokenizerFast.from_pretrained(folder)
+    return hf, transformers.GPT2TokenizerFast.from_pretrained(folder)  # reads the vocab.json + merges.txt just written
 
 
 def race_prompt(record: dict, i: int) -> str:
