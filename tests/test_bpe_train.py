@@ -6,6 +6,8 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -18,7 +20,7 @@ from test_tokenizer import tiktoken_gpt2
 
 import gpt2.io
 from gpt2 import bpe_train
-from gpt2.bpe_train import Corpus, count_corpus, count_words, cut_chunks, learn_merges, train_bpe
+from gpt2.bpe_train import Corpus, count_corpus, count_words, cut_chunks, initial_pairs, learn_merges, train_bpe
 from gpt2.errors import GPT2Error
 from gpt2.tokenizer import EOT, Tokenizer
 
@@ -79,6 +81,33 @@ def test_incremental_merges_equal_naive_recount(texts: list[str], n: int) -> Non
 def test_incremental_merges_equal_naive_recount_on_real_text(real_text: str) -> None:
     text = real_text[:20_000] + real_text[150_000:160_000] + real_text[-10_000:]
     assert learn_merges(count_words([text]), 150) == naive_merges([text], 150)
+
+
+def test_vectorized_pair_index_equals_the_loop(real_text: str, monkeypatch) -> None:
+    word_counts = count_words([real_text[:100_000] + real_text[-50_000:] + " aaaa abab xx 😀😀 ab"])
+    words = [w for w in word_counts if len(w) > 1]
+    counts = [word_counts[w] for w in words]
+    loop_counts, loop_where = initial_pairs(words, counts, vectorized=False)
+    vec_counts, vec_where = initial_pairs(words, counts, vectorized=True)
+    assert dict(vec_counts) == dict(loop_counts)
+    assert {p: list(ids) for p, ids in vec_where.items()} == {p: list(ids) for p, ids in loop_where.items()}
+    assert all(list(ids) == sorted(set(ids)) for ids in vec_where.values())  # each word once, in order
+    assert initial_pairs(["ab"], [3], vectorized=True)[0] == {"ab": 3}
+    assert initial_pairs([], [], vectorized=True) == ({}, {})
+    monkeypatch.setattr(bpe_train, "VECTOR_PAIRS_CHARS", 1 << 60)
+    by_loop = learn_merges(word_counts, 300)
+    monkeypatch.setattr(bpe_train, "VECTOR_PAIRS_CHARS", 0)
+    assert learn_merges(word_counts, 300) == by_loop
+
+
+def test_quiet_training_does_not_import_tqdm(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("some text to learn from, " * 50, "utf-8")
+    script = (
+        "import sys; from pathlib import Path; from gpt2.bpe_train import train_bpe; "
+        f"train_bpe([Path({str(tmp_path / 'a.txt')!r})], 270, workers=2); print('tqdm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
 
 
 @settings(max_examples=200, deadline=None)
