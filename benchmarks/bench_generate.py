@@ -1,10 +1,21 @@
-"""Sampling speed: tokens/s of our KV-cache decoding against transformers' `generate`, same weights, same run.
+"""Sampling speed: tokens/s of our KV-cache decoding against transformers' `generate` and CTranslate2, same
+weights, same run.
 
 The issue's setting: batch 1, GPT-2 small's shape (124M; random weights cost the same compute as the official
-ones, which cannot be downloaded here), a 32-token prompt, 128 new tokens, greedy, float32 and bfloat16.
-Each repeat times ours, ours without gpt2.kernels' GEMV ("torch mm") and transformers back to back
-(interleaved, so load from other processes hits all alike); figures are medians over the repeats, ratios the
-median of each repeat's ratio. Decoding one token reads every weight once, so memory bandwidth bounds tokens/s:
+ones, which cannot be downloaded here), a 32-token prompt, 128 new tokens, greedy, float32, bfloat16 and int8
+(gpt2.quantize: int8 weights, float32 activations). Each repeat times ours, ours without gpt2.kernels' GEMV
+("torch mm"; for int8 only with --int8-fallback: torch's matmul of weights dequantised per call), transformers and
+CTranslate2 back to back, every dtype in every repeat (interleaved, so load from other processes hits all alike);
+figures are medians over the repeats, ratios the median of each repeat's ratio.
+
+CTranslate2 is a peer when it is installed (`pip install ctranslate2`, a benchmark-only dependency): the saved
+folder is converted once with its TransformersConverter (what `ct2-transformers-converter` runs) and loaded per
+dtype with the compute types this CPU supports (`ctranslate2.get_supported_compute_types("cpu")`): float32 for
+float32, bfloat16 where it exists, and int8 for int8 (CTranslate2's int8 also quantises the activations). The
+converter wants a tokenizer; the folder gets a placeholder vocabulary of the model's size, as token strings are
+all CTranslate2 takes.
+
+Decoding one token reads every weight once, so memory bandwidth bounds tokens/s:
 each repeat also measures the bandwidth, which neighbours on a shared machine move by tens of percent, and the
 script prints that ceiling and the GB/s each decoder reaches (weight bytes x tokens/s). Weights larger than the
 last-level cache are the honest case (GPT-2 small in float32 is 500 MB); a bfloat16 copy may partly fit in a
@@ -13,7 +24,7 @@ large L3, so its ceiling is only a guide. With --lookahead, a forward pass can y
 for.
 
     python benchmarks/bench_generate.py                       # the issue's figures
-    python benchmarks/bench_generate.py --repeats 9 --dtypes float32 --threads 2
+    python benchmarks/bench_generate.py --repeats 9 --dtypes bfloat16 int8 --threads 2   # issue 16's targets
     python benchmarks/bench_generate.py --dtypes float32 --lookahead 4   # prompt-lookup decoding, both sides
 """
 
@@ -21,17 +32,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from gpt2 import GPT, GPTConfig, kernels
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": "int8"}
+CT2_COMPUTE = {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}  # ours -> CTranslate2's compute type
 
 
 def tokens_per_second(run, new_tokens: int) -> tuple[float, torch.Tensor]:
@@ -49,6 +64,36 @@ def read_gbs(run, matrix: torch.Tensor) -> float:
     return matrix.numel() * matrix.element_size() / (time.perf_counter() - start) / 1e9
 
 
+def bytes_per_token(model: GPT) -> int:
+    """The bytes decoding reads once per token: every parameter and buffer (int8 scales), except a float
+    embedding that an int8 output layer has replaced (lookups read one row of it per token)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    wte = model.transformer.wte.weight
+    if model.lm_head.weight is not wte:
+        total -= wte.numel() * wte.element_size()
+    return total
+
+
+def ctranslate2_peer(folder: str, vocab_size: int, threads: int):
+    """(ctranslate2 module, converted folder), or None with the reason printed when it is not installed."""
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        print("  CTranslate2: not installed (pip install ctranslate2), left out")
+        return None
+    # The converter reads the vocabulary from a tokenizer: placeholders, the last being GPT-2's end of text.
+    vocab = {f"t{i}": i for i in range(vocab_size - 1)} | {"<|endoftext|>": vocab_size - 1}
+    (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+    (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+    out = str(Path(folder) / "ctranslate2")
+    TransformersConverter(folder).convert(out, force=True)
+    types = ctranslate2.get_supported_compute_types("cpu")
+    print(f"  CTranslate2 {ctranslate2.__version__}: converted; compute types on this CPU: {', '.join(sorted(types))}")
+    return ctranslate2, out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2", help="preset shape to build with random weights (gpt2)")
@@ -57,7 +102,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--no-transformers", action="store_true", help="time ours only")
+    parser.add_argument("--no-transformers", action="store_true", help="leave transformers out")
+    parser.add_argument("--no-ctranslate2", action="store_true", help="leave CTranslate2 out")
+    parser.add_argument(
+        "--int8-fallback",
+        action="store_true",
+        help="also time int8 without the kernel (weights dequantised per call; slow, so off by default)",
+    )
     parser.add_argument(
         "--lookahead",
         type=int,
@@ -81,6 +132,7 @@ def main() -> None:
         theirs32.generation_config.eos_token_id = None  # random weights: always run all new_tokens steps
         theirs32.generation_config.pad_token_id = ours32.config.vocab_size - 1
 
+    ct2 = None if args.no_ctranslate2 else ctranslate2_peer(folder, ours32.config.vocab_size, torch.get_num_threads())
     n_new = args.new_tokens
     print(
         f"{args.model} ({ours32.num_params() / 1e6:.0f}M), batch 1, {args.prompt_tokens}-token prompt, {n_new} new "
@@ -90,28 +142,32 @@ def main() -> None:
     big_matrix, big_vector = big.view(-1, 1024), torch.randn(1, 1024)
     print(f"  fast CPU kernel (gpt2.kernels): {'built' if kernels.gemv_kernel() else 'unavailable, torch matmul'}")
     print("  ceiling: memory read bandwidth (torch.sum over 512 MB) / weight bytes per token")
+    runs: dict[tuple[str, str], Callable[[], torch.Tensor]] = {}  # (dtype, decoder) -> one generation
+    weight_gb: dict[str, float] = {}
     for name in args.dtypes:
         dtype = DTYPES[name]
         ours = GPT.from_pretrained(folder, dtype=dtype)
-        weight_gb = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
+        weight_gb[name] = bytes_per_token(ours) / 1e9
 
         def plain(ours=ours) -> torch.Tensor:
             with kernels.disabled():
                 return ours.generate(prompt, n_new, temperature=0)
 
-        runs = {"ours": lambda ours=ours: ours.generate(prompt, n_new, temperature=0), "ours, torch mm": plain}
+        runs[name, "ours"] = lambda ours=ours: ours.generate(prompt, n_new, temperature=0)
+        if name != "int8" or args.int8_fallback:
+            runs[name, "ours, torch mm"] = plain
         if args.lookahead:
-            runs[f"ours, lookahead {args.lookahead}"] = lambda ours=ours: ours.generate(
+            runs[name, f"ours, lookahead {args.lookahead}"] = lambda ours=ours: ours.generate(
                 prompt, n_new, temperature=0, lookahead=args.lookahead
             )
-        if theirs32 is not None:
+        if theirs32 is not None and name != "int8":  # transformers has no int8 CPU path of its own
             theirs = copy.deepcopy(theirs32).to(dtype)
 
             def hf(theirs=theirs) -> torch.Tensor:
                 with torch.inference_mode():
                     return theirs.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new)
 
-            runs["transformers"] = hf
+            runs[name, "transformers"] = hf
 
             if args.lookahead:
 
@@ -125,42 +181,78 @@ def main() -> None:
                             prompt_lookup_num_tokens=args.lookahead,
                         )
 
-                runs[f"transformers, lookahead {args.lookahead}"] = hf_lookup
-        for run in runs.values():  # warm-up: one-time allocations and kernel selection
-            run()
-        rates: dict[str, list[float]] = {k: [] for k in runs}
-        bandwidth: dict[str, list[float]] = {"memory": [], "torch GEMV": []}
-        outputs: dict[str, torch.Tensor] = {}
-        for _ in range(args.repeats):
-            bandwidth["memory"].append(read_gbs(big_matrix.sum, big_matrix))
-            bandwidth["torch GEMV"].append(read_gbs(lambda: F.linear(big_vector, big_matrix), big_matrix))
-            for key, run in runs.items():
-                rate, outputs[key] = tokens_per_second(run, n_new)
-                rates[key].append(rate)
-        memory, torch_gemv = (statistics.median(v) for v in bandwidth.values())
-        print(
-            f"  {name:8s} ceiling        {memory / weight_gb:6.1f} tok/s ({weight_gb * 1e3:.0f} MB of weights; "
-            f"memory {memory:.1f} GB/s, torch's GEMV {torch_gemv:.1f} GB/s)"
-        )
-        width = max(len(k) for k in rates)
-        for key, values in rates.items():
-            rate = statistics.median(values)
-            spread = f"{min(values):.1f}-{max(values):.1f}"
-            gbs = rate * weight_gb
-            print(f"  {name:8s} {key:{width}s} {rate:6.1f} tok/s (range {spread}), {gbs:5.1f} GB/s of weights")
+                runs[name, f"transformers, lookahead {args.lookahead}"] = hf_lookup
+        if ct2 is not None and CT2_COMPUTE[name] in ct2[0].get_supported_compute_types("cpu"):
+            generator = ct2[0].Generator(
+                ct2[1], device="cpu", compute_type=CT2_COMPUTE[name], intra_threads=torch.get_num_threads()
+            )
+            start_tokens = [[f"t{i}" for i in prompt[0].tolist()]]
+
+            def ctranslate2(generator=generator, start_tokens=start_tokens) -> torch.Tensor:
+                result = generator.generate_batch(
+                    start_tokens,
+                    max_length=n_new,
+                    min_length=n_new,
+                    sampling_topk=1,
+                    include_prompt_in_result=False,
+                    end_token=[],
+                )
+                return torch.cat([prompt, torch.tensor([result[0].sequences_ids[0]])], dim=1)
+
+            runs[name, "ctranslate2"] = ctranslate2
+        elif ct2 is not None:
+            print(f"  {name:8s} CTranslate2 has no {CT2_COMPUTE[name]} compute type on this CPU, left out")
+
+    for run in runs.values():  # warm-up: one-time allocations and kernel selection
+        run()
+    # Every decoder of every dtype in each repeat, so that ratios across dtypes (our int8 against our bfloat16
+    # and CTranslate2's int8) compare the same minutes of a shared machine too.
+    rates: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+    bandwidth: dict[str, list[float]] = {"memory": [], "torch GEMV": []}
+    outputs: dict[tuple[str, str], torch.Tensor] = {}
+    for _ in range(args.repeats):
+        bandwidth["memory"].append(read_gbs(big_matrix.sum, big_matrix))
+        bandwidth["torch GEMV"].append(read_gbs(lambda: F.linear(big_vector, big_matrix), big_matrix))
+        for key, run in runs.items():
+            rate, outputs[key] = tokens_per_second(run, n_new)
+            rates[key].append(rate)
+    memory, torch_gemv = (statistics.median(v) for v in bandwidth.values())
+    print(f"  memory {memory:.1f} GB/s, torch's GEMV {torch_gemv:.1f} GB/s (medians)")
+
+    def ratio(mine: tuple[str, str], other: tuple[str, str]) -> str:
         # Ratios per repeat, then their median: both sides of a ratio saw the same minute of the machine.
-        pairs = [("ours", "ours, torch mm"), ("ours", "transformers")]
+        value = statistics.median(o / t for o, t in zip(rates[mine], rates[other], strict=True))
+        return f"{value:.2f}x  (greedy ids identical: {torch.equal(outputs[mine], outputs[other])})"
+
+    width = max(len(k[1]) for k in rates)
+    for name in args.dtypes:
+        gb = weight_gb[name]
+        print(f"  {name:8s} {'ceiling':{width}s} {memory / gb:6.1f} tok/s ({gb * 1e3:.0f} MB read per token)")
+        for (dtype_name, key), values in rates.items():
+            if dtype_name == name:
+                rate = statistics.median(values)
+                spread = f"{min(values):.1f}-{max(values):.1f}"
+                gbs = rate * gb
+                print(f"  {name:8s} {key:{width}s} {rate:6.1f} tok/s (range {spread}), {gbs:5.1f} GB/s of weights")
+        pairs = [("ours", "ours, torch mm"), ("ours", "transformers"), ("ours", "ctranslate2")]
         if args.lookahead:
             pairs.append((f"ours, lookahead {args.lookahead}", f"transformers, lookahead {args.lookahead}"))
         for mine, other in pairs:
-            if other in rates:
-                ratio = statistics.median(o / t for o, t in zip(rates[mine], rates[other], strict=True))
-                same = torch.equal(outputs[mine], outputs[other])
-                print(f"  {name:8s} ratio {mine} / {other}: {ratio:.2f}x  (greedy ids identical: {same})")
+            if (name, mine) in rates and (name, other) in rates:
+                print(f"  {name:8s} ratio {mine} / {other}: {ratio((name, mine), (name, other))}")
         if args.lookahead:
-            same = torch.equal(outputs["ours"], outputs[f"ours, lookahead {args.lookahead}"])
+            same = torch.equal(outputs[name, "ours"], outputs[name, f"ours, lookahead {args.lookahead}"])
             print(f"  {name:8s} ours with lookahead gives the same ids as without: {same}")
-
+    # issue 16's targets: our int8 >= 1.2x CTranslate2's int8 and >= 1.6x our bfloat16; our bfloat16 >= theirs
+    for mine, other in [
+        (("int8", "ours"), ("int8", "ctranslate2")),
+        (("int8", "ours"), ("bfloat16", "ours")),
+        (("int8", "ours"), ("float32", "ours")),
+        (("bfloat16", "ours"), ("int8", "ctranslate2")),
+        (("float32", "ours"), ("float32", "ctranslate2")),
+    ]:
+        if mine in rates and other in rates:
+            print(f"  ratio {mine[1]} {mine[0]} / {other[1]} {other[0]}: {ratio(mine, other)}")
     shutil.rmtree(folder)
 
 

@@ -136,7 +136,7 @@ def test_a_stale_build_lock_is_cleared_and_a_live_one_kept(monkeypatch, tmp_path
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.append(Path(kw["build_directory"])))
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    name = f"gpt2_gemv_{kernels._cpu_fingerprint()}"
+    name = kernels.build_name()
     lock = tmp_path / name / "lock"
     lock.parent.mkdir()
     lock.touch()

@@ -4,10 +4,13 @@ Decoding reads every weight once per token, so batch-1 speed is memory bandwidth
 row reads GPT-2's matrices at ~18 GB/s (MKL, float32) and ~24 GB/s (oneDNN, bfloat16) on a 2-core machine where
 a plain streaming loop reaches ~40-45; csrc/gemv.cpp is that loop (benchmarks/bench_generate.py shows both).
 `linear` sends the few-row, no-grad CPU products of decoding there and everything else to torch.
+`linear_int8` does the same for int8 weights with per-row scales (gpt2.quantize): the kernel widens them in
+registers; elsewhere (more rows, a GPU, no kernel) the weights are dequantised for torch's matmul.
 
 The kernel is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
-and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). Where that is not possible (no
-compiler, not Linux) decoding uses torch's matmul, after one warning. GPT2_CPU_KERNELS=0 turns the kernel off.
+and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
+version and the source's hash, so that an edited kernel is rebuilt. Where that is not possible (no compiler,
+not Linux) decoding uses torch's matmul, after one warning. GPT2_CPU_KERNELS=0 turns the kernel off.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha256(f"{flags}|{torch.__version__}".encode()).hexdigest()[:12]
 
 
+def build_name() -> str:
+    """The build's name: the CPU, torch's version and the kernel source, so that a changed source is rebuilt
+    (torch's builder would otherwise load the cached library of the old one)."""
+    source = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
+    return f"gpt2_gemv_{_cpu_fingerprint()}_{source}"
+
+
 def _build() -> Callable[..., torch.Tensor] | None:
     if os.environ.get("GPT2_CPU_KERNELS", "1") == "0":
         return None
@@ -59,7 +69,7 @@ def _build() -> Callable[..., torch.Tensor] | None:
     try:
         from torch.utils import cpp_extension
 
-        name = f"gpt2_gemv_{_cpu_fingerprint()}"
+        name = build_name()
         root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
         build_dir = Path(root) / name
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +97,8 @@ def _build() -> Callable[..., torch.Tensor] | None:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         warnings.warn(
             f"gpt2: the fast CPU decoding kernel could not be built ({reason[:200]}); using torch's matmul, "
-            "2-3x slower for batch-1 float32 decoding. Set GPT2_CPU_KERNELS=0 to skip the attempt.",
+            "2-3x slower for batch-1 float32 decoding, and for int8 weights torch's matmul of dequantised copies, "
+            "correct but slower than float32. Set GPT2_CPU_KERNELS=0 to skip the attempt.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -103,6 +114,12 @@ def gemv_kernel() -> Callable[..., torch.Tensor] | None:
                 _gemv = _build()
                 _tried = True
     return _gemv
+
+
+def gemv_int8_kernel() -> Callable[..., torch.Tensor] | None:
+    """The compiled kernel `gemv_int8(x, weight, scale, bias)` (built with `gemv`); None where it cannot be."""
+    # derived from _gemv, not kept apart, so the two can never disagree (one library registers both)
+    return None if gemv_kernel() is None else torch.ops.gpt2_kernels.gemv_int8
 
 
 @contextmanager
@@ -133,3 +150,29 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if gemv is not None:
             return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The float matrix an int8 weight (out, in) with one scale per row stands for: weight * scale, in dtype."""
+    return (weight.to(torch.float32) * scale.to(torch.float32)[:, None]).to(dtype)
+
+
+def linear_int8(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """F.linear(x, weight * scale[:, None], bias) for int8 weights (out, in) with float32 per-row scales: through
+    the kernel for up to MAX_ROWS rows of float32 or bfloat16 on the CPU (decoding, lookahead, small batches),
+    else through torch's matmul of a dequantised copy (prefill and evaluation, where the matmul's compute
+    outweighs the copy; torch's own int8 matmul, aten._weight_int8pack_mm, measured 2-30x slower on this CPU)."""
+    if (
+        not _off
+        and x.device.type == "cpu"
+        and x.dtype in FAST_ROWS
+        and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
+        and weight.is_contiguous()
+        and not torch.compiler.is_compiling()
+    ):
+        gemv_int8 = gemv_int8_kernel()
+        if gemv_int8 is not None:
+            return gemv_int8(x, weight, scale, bias)
+    return F.linear(x, dequantize(weight, scale, x.dtype), bias)
