@@ -1,29 +1,40 @@
-"""Training throughput: tokens/s and MFU of one full optimizer step, ours against transformers' GPT-2, same run.
+"""Training throughput: tokens/s and MFU of one full optimizer step, ours against nanoGPT (and optionally
+transformers' GPT-2), interleaved in one process so that a busy machine slows every contender alike.
 
-Shapes: the paper's 124M model and a small one, on batches of 1024-token sequences. One iteration is a whole
-optimizer step (forward, backward, gradient clipping, fused AdamW). MFU counts 6N + 12*L*d*T FLOPs per token
-against this machine's matmul peak in the same dtype, measured in the same run.
+One iteration is a whole optimizer step (forward, backward, gradient clipping, AdamW). Ours is what `gpt2 train`
+runs: the fused output layer + loss, the padded vocabulary, torch's fused AdamW. nanoGPT is imported from a
+checkout when NANOGPT_DIR is set (its model.py and its configure_optimizers, as its train.py uses them; it is
+not vendored here, and the bench runs without it); its vocabulary is its own 50,304. The contenders take one
+step each in turn, round after round, and each one's median step is reported. MFU counts 6N + 12*L*d*T FLOPs
+per token (N without padding) against this machine's matmul peak in the same dtype, measured in the same run.
 
-    python benchmarks/bench_train.py                        # 124M and small, fp32 and bf16 autocast
-    python benchmarks/bench_train.py --shapes gpt2 --dtypes bfloat16 --steps 8 --compile
-    python benchmarks/bench_train.py --curve                # fp32 vs bf16 loss curves on tinyshakespeare
+    NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py        # 124M 1x1024, 2x1024, gpt2-mini 16x256; fp32, bf16
+    NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py --shapes gpt2-mini:16x256 --dtypes float32 --compile
+    python benchmarks/bench_train.py --shapes gpt2-mini:16x256 --ablate   # what each of our pieces contributes
+    python benchmarks/bench_train.py --curve                      # fp32 vs bf16 loss curves on tinyshakespeare
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import io
+import os
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 
+import gpt2.model
 from gpt2 import GPT, GPTConfig
 from gpt2.train import TrainConfig, flops_per_token, make_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> loss; the bench does the rest
 
 
 def peak_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
@@ -40,16 +51,53 @@ def peak_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float
     return best
 
 
-def ours(config: GPTConfig, compile_model: bool) -> tuple:
-    """(loss function, optimizer, model) for our GPT with the optimizer `gpt2 train` uses."""
-    model = GPT(config)
+def ours(config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True) -> tuple:
+    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad off measure those pieces."""
+    saved = gpt2.model.PAD_VOCAB_TO
+    gpt2.model.PAD_VOCAB_TO = saved if pad else 1
+    try:
+        model = GPT(config)
+    finally:
+        gpt2.model.PAD_VOCAB_TO = saved
     opt = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    fn = torch.compile(model) if compile_model else model
+    return (lambda x, y: fn(x, y, return_logits=not fused)[1]), opt, model
+
+
+def load_nanogpt() -> object | None:
+    """nanoGPT's model.py from the checkout in NANOGPT_DIR, or None when it is not set."""
+    root = os.environ.get("NANOGPT_DIR")
+    if not root:
+        return None
+    path = Path(root).expanduser() / "model.py"
+    if not path.is_file():
+        raise SystemExit(f"NANOGPT_DIR={root}: no model.py there (a nanoGPT checkout holds one)")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def nanogpt(module: object, config: GPTConfig, compile_model: bool) -> tuple:
+    """nanoGPT's GPT with its own defaults for GPT-2 (vocabulary 50,304, biases) and its own AdamW."""
+    c = module.GPTConfig(
+        block_size=config.n_positions,
+        vocab_size=50304 if config.vocab_size == 50257 else config.vocab_size,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        dropout=0.0,
+        bias=True,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints parameter counts
+        model = module.GPT(c)
+        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")
     fn = torch.compile(model) if compile_model else model
     return (lambda x, y: fn(x, y)[1]), opt, model
 
 
-def peer(config: GPTConfig) -> tuple:
-    """The same for transformers' GPT2LMHeadModel (SDPA attention) with the same AdamW settings."""
+def transformers_peer(config: GPTConfig) -> tuple:
+    """transformers' GPT2LMHeadModel (SDPA attention) with the same AdamW settings as ours."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_config = GPT2Config(
@@ -66,57 +114,75 @@ def peer(config: GPTConfig) -> tuple:
     model.config._attn_implementation = "sdpa"
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    return (lambda x, y: model(input_ids=x, labels=y).loss), opt, model
+    return (lambda x, y: model(input_ids=x, labels=x).loss), opt, model  # it shifts the labels itself
 
 
-def time_steps(loss_fn, opt, model, batch: int, seq: int, vocab: int, amp: torch.dtype | None, steps: int) -> float:
-    """Median seconds of one optimizer step, after two warm-up steps."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, vocab, (batch, seq), generator=g)
-    ctx = (lambda: torch.autocast("cpu", dtype=amp)) if amp else contextlib.nullcontext
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        with ctx():
-            loss = loss_fn(x, x)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def one_step(step: Step, opt: torch.optim.Optimizer, model: torch.nn.Module, xy: tuple, amp) -> float:
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
+        loss = step(*xy)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
 
 
 def throughput(args: argparse.Namespace) -> None:
+    nano = load_nanogpt()
+    if nano is None:
+        print("NANOGPT_DIR is not set: nanoGPT is left out (set it to a nanoGPT checkout to compare)")
     peaks = {d: peak_flops(torch.float32 if d == "float32" else torch.bfloat16) for d in args.dtypes}
     for d, p in peaks.items():
         print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s, measured here (MFU below is of this, not of a datasheet peak)")
-    print(f"{'shape':<10} {'dtype':<9} {'impl':<13} {'tokens/s':>9} {'MFU':>6} {'vs peer':>8}")
-    for shape in args.shapes:
-        config = GPTConfig.from_name(shape)
+    print(f"{'shape':<18} {'dtype':<9} {'impl':<22} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
+    for spec in args.shapes:
+        name, _, bt = spec.partition(":")
+        batch, seq = (int(v) for v in (bt or "2x1024").split("x"))
+        config = GPTConfig.from_name(name, n_positions=seq)
         with torch.device("meta"):
-            fpt = flops_per_token(GPT(config), 1024)
+            fpt = flops_per_token(GPT(config), seq)
         for d in args.dtypes:
             amp = None if d == "float32" else torch.bfloat16
-            results = {}
-            impls = [("ours", partial(ours, config, False))]
+            makers: dict[str, Callable[[], tuple]] = {"ours": partial(ours, config, False)}
+            if args.ablate:
+                makers["ours, plain loss"] = partial(ours, config, False, fused=False)
+                makers["ours, no padding"] = partial(ours, config, False, pad=False)
+                makers["ours, neither"] = partial(ours, config, False, fused=False, pad=False)
+            if nano is not None:
+                makers["nanoGPT"] = partial(nanogpt, nano, config, False)
             if args.compile:
-                impls.append(("ours+compile", partial(ours, config, True)))
-            impls.append(("transformers", partial(peer, config)))
-            for name, make in impls:
+                makers["ours+compile"] = partial(ours, config, True)
+                if nano is not None:
+                    makers["nanoGPT+compile"] = partial(nanogpt, nano, config, True)
+            if args.transformers:
+                makers["transformers"] = partial(transformers_peer, config)
+            contenders = {}
+            for impl, make in makers.items():
                 torch.manual_seed(0)
-                loss_fn, opt, model = make()
-                seconds = time_steps(loss_fn, opt, model, args.batch, 1024, config.vocab_size, amp, args.steps)
-                tps = args.batch * 1024 / seconds
-                mfu = tps * fpt / peaks[d]
-                results[name] = tps
-                ratio = f"{tps / results['transformers']:.2f}x" if "transformers" in results else ""
-                print(f"{shape:<10} {d:<9} {name:<13} {tps:>9.0f} {mfu:>6.1%} {ratio:>8}", flush=True)
-                del loss_fn, opt, model
-            for name, tps in results.items():
-                if name != "transformers":
-                    print(f"{'':<10} {'':<9} {name:<13} {tps / results['transformers']:.2f}x transformers")
+                contenders[impl] = make()
+            g = torch.Generator().manual_seed(0)
+            x = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=g)
+            x = (x[:, :-1].contiguous(), x[:, 1:].contiguous())  # nanoGPT views its targets: they must be whole
+            # the first step (compiling, where there is one) and one more warm-up, each contender in turn
+            first = {impl: one_step(*c, x, amp) for impl, c in contenders.items()}
+            for c in contenders.values():
+                one_step(*c, x, amp)
+            times: dict[str, list[float]] = {impl: [] for impl in contenders}
+            for _ in range(args.steps):  # interleaved: a slow patch of the machine hits every contender
+                for impl, c in contenders.items():
+                    times[impl].append(one_step(*c, x, amp))
+            tps = {impl: batch * seq / statistics.median(t) for impl, t in times.items()}
+            for impl, v in tps.items():
+                ratio = f"{v / tps['nanoGPT']:.2f}x" if "nanoGPT" in tps else ""
+                if impl.endswith("+compile") and "nanoGPT+compile" in tps:
+                    ratio += f"  ({v / tps['nanoGPT+compile']:.2f}x nanoGPT+compile)"
+                label = f"{name} {batch}x{seq}"
+                print(
+                    f"{label:<18} {d:<9} {impl:<22} {v:>9.0f} {v * fpt / peaks[d]:>6.1%} {first[impl]:>8.1f}  {ratio}",
+                    flush=True,
+                )
+            del contenders
 
 
 def curve(args: argparse.Namespace) -> None:
@@ -140,7 +206,7 @@ def curve(args: argparse.Namespace) -> None:
             starts = torch.randint(0, len(ids) - 257, (8,), generator=g)
             batch = torch.stack([ids[s : s + 257] for s in starts])
             with ctx():
-                _, loss = model(batch[:, :-1], batch[:, 1:])
+                _, loss = model(batch[:, :-1], batch[:, 1:], return_logits=False)  # the fused loss, as trained
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -158,15 +224,20 @@ def curve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", type=lambda s: s.split(","), default=["gpt2", "gpt2-mini"])
+    p.add_argument(
+        "--shapes",
+        type=lambda s: s.split(","),
+        default=["gpt2:1x1024", "gpt2:2x1024", "gpt2-mini:16x256"],
+        help="PRESET:BATCHxSEQ, comma-separated",
+    )
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
-    p.add_argument("--batch", type=int, default=2, help="sequences of 1024 tokens per step")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    p.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    p.add_argument("--steps", type=int, default=5, help="timed rounds (median reported), after two warm-up rounds")
+    p.add_argument("--compile", action="store_true", help="also time ours and nanoGPT under torch.compile")
+    p.add_argument("--ablate", action="store_true", help="also time ours without the fused loss and/or padding")
+    p.add_argument("--transformers", action="store_true", help="also time transformers' GPT2LMHeadModel")
     p.add_argument("--curve", action="store_true", help="compare fp32 and bf16 loss curves instead")
     p.add_argument("--curve-steps", type=int, default=200)
     args = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     curve(args) if args.curve else throughput(args)
 
 

@@ -15,9 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gpt2"
 
 # Floors, bottom up: a module imports only from its own floor or lower ones (README, "Layout").
 FLOORS = [
-    {"gpt2.errors", "gpt2.io", "gpt2.hub", "gpt2.kernels", "gpt2.devices", "gpt2.python_docs"},
+    {"gpt2.errors", "gpt2.io", "gpt2.hub", "gpt2.kernels", "gpt2.devices", "gpt2.python_docs", "gpt2.fused_loss"},
     {"gpt2.checkpoint", "gpt2.tokenizer"},
-    {"gpt2.model", "gpt2.bpe_train", "gpt2.data"},
+    {"gpt2.model", "gpt2.quantize", "gpt2.bpe_train", "gpt2.data"},
     {"gpt2.generate"},
     {"gpt2.train_config", "gpt2.train", "gpt2.plot", "gpt2.evaluate", "gpt2.analysis", "gpt2.serve", "gpt2.webtext"},
     {"gpt2.commands", "gpt2.cli", "gpt2.__main__", "gpt2"},

@@ -205,3 +205,98 @@ def test_logits_match_transformers_full_gpt2_size(tmp_path) -> None:
         expected = theirs(idx).logits
     del theirs
     torch.testing.assert_close(ours(idx), expected, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ fused loss, padding
+def grads_of(model: GPT, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 13, 1000])
+def test_fused_loss_equals_plain_loss_and_every_gradient(chunk_rows: int, monkeypatch) -> None:
+    from gpt2 import fused_loss
+
+    # float64: the two paths differ only by rounding, so they agree to float64's (1e-12), not float32's
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).double().train()
+    assert model.transformer.wte.weight.shape[0] == 128  # 97 padded to a multiple of 64
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 4 * 128 * chunk_rows)
+    assert fused_loss.default_chunk_rows(128) == chunk_rows
+    idx = torch.randint(0, 97, (3, 11))
+    targets = torch.randint(0, 97, (3, 11))
+    targets[0, :4] = -1  # ignored, and so is a whole row
+    targets[2] = -1
+    logits = model(idx)  # float64 logits; model(idx, targets) would take the loss of them in float32
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+    expected = grads_of(model, plain * 3)
+    none, fused = model(idx, targets, return_logits=False)
+    got = grads_of(model, fused * 3)  # a loss scaled after the fact (gradient accumulation divides it)
+    assert none is None and logits.shape == (3, 11, 97)
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=0)
+    assert got.keys() == expected.keys() and len(got) == 4 + 12 * 2
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-13, msg=name)
+    assert torch.all(got["transformer.wte.weight"][97:] == 0)  # padding: no gradient, so it stays zero
+
+
+def test_fused_loss_float32_and_autocast_match_the_plain_path() -> None:
+    from gpt2.fused_loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 48, requires_grad=True)
+    w = (torch.randn(192, 48) * 0.3).requires_grad_()
+    t = torch.randint(0, 150, (300,))
+    t[::7] = -1
+    plains = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            plain = torch.nn.functional.cross_entropy(
+                torch.nn.functional.linear(x, w[:150]).float(), t, ignore_index=-1
+            )
+        plains.append(plain.detach())
+        gx, gw = torch.autograd.grad(plain, (x, w))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            fused = linear_cross_entropy(x, w, t, vocab_size=150, chunk_rows=37)
+        fx, fw = torch.autograd.grad(fused, (x, w))
+        # bf16 logits and gradients are rounded the same way on both paths; only summation order differs
+        tol = dict(rtol=2e-2, atol=1e-4) if autocast else dict(rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(fused, plain, **tol)
+        torch.testing.assert_close(fx, gx, **tol)
+        torch.testing.assert_close(fw, gw, **tol)
+        assert fx.dtype == torch.float32 and fw.dtype == torch.float32
+    with torch.no_grad():  # evaluation: the same loss, no gradient work
+        torch.testing.assert_close(linear_cross_entropy(x, w, t, vocab_size=150), plains[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(linear_cross_entropy(x, w, t, vocab_size=150), plains[1], rtol=2e-2, atol=1e-4)
+
+
+def test_vocabulary_padding_is_invisible(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).eval()
+    assert model.lm_head.weight.shape == (128, 32) and torch.all(model.lm_head.weight[97:] == 0)
+    state = model.state_dict()
+    assert state["transformer.wte.weight"].shape == state["lm_head.weight"].shape == (97, 32)
+    assert model.num_params() == sum(v.numel() for k, v in state.items() if k != "lm_head.weight")
+    idx = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        logits = model(idx)
+        assert logits.shape == (2, 9, 97)
+        cache = model.new_cache(2)
+        assert model.forward_cached(idx, cache).shape == (2, 97)
+        assert model.lm_head(model.hidden_states(idx)).shape == (2, 9, 97)
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "model.safetensors")["transformer.wte.weight"].shape == (97, 32)
+    again = GPT.from_pretrained(tmp_path)
+    assert again.lm_head.weight is again.transformer.wte.weight and again.lm_head.weight.shape == (128, 32)
+    assert torch.all(again.lm_head.weight[97:] == 0)
+    other = GPT(GPTConfig(**TINY))
+    other.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(again(idx), logits) and torch.equal(other.eval()(idx), logits)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, logits, atol=1e-5, rtol=0)

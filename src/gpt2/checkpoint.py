@@ -120,6 +120,15 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config_from_hf(hf, config_file)
 
 
+def read_quantization(folder: Path) -> Any:
+    """config.json's `quantization` entry (gpt2.quantize's format, checked there), or None for a float folder."""
+    try:
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # read_config has refused such a file already, with the reason
+    return hf.get("quantization") if isinstance(hf, dict) else None
+
+
 def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     """The tensors of model.safetensors (or of pytorch_model.bin, read without unpickling code) and the file."""
     st, binf = folder / "model.safetensors", folder / "pytorch_model.bin"
@@ -143,15 +152,26 @@ def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 
 def hf_to_ours(
-    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], n_layer: int, source: Path
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, torch.Size],
+    n_layer: int,
+    source: Path,
+    int8: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
     """Rename and transpose Hugging Face tensors into our state dict, checking them against `expected` (our
-    state dict's shapes, without the tied lm_head)."""
+    state dict's shapes, without the tied lm_head unless it is expected, as in a quantised folder's own int8
+    output layer). The tensors named in `int8` must be int8 and no others may be, so that a quantised file
+    never loads as a float one, nor the reverse."""
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == TIED:
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or (name == TIED and TIED not in expected):
             continue  # causal-mask buffers of old releases; the head is tied to wte
-        key = name if name.startswith("transformer.") else f"transformer.{name}"
+        key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+        if not int8 and (tensor.dtype == torch.int8 or name.endswith(".weight_scale")):
+            raise GPT2Error(
+                f"{source}: tensor {name!r} belongs to an int8-quantised model, but config.json has no quantization "
+                "entry; the config does not match the weights"
+            )
         if key not in expected:
             raise GPT2Error(
                 f"{source}: unexpected tensor {name!r}; config.json says n_layer={n_layer}, so the config does not "
@@ -164,6 +184,12 @@ def hf_to_ours(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
                 f"{tuple(expected[key])}; the config does not match the weights"
             )
+        if (tensor.dtype == torch.int8) != (key in int8):
+            want = "int8, as config.json's quantization entry says" if key in int8 else "floating point"
+            raise GPT2Error(
+                f"{source}: tensor {name!r} is {str(tensor.dtype).removeprefix('torch.')} but should be {want}; "
+                "the config does not match the weights"
+            )
         state[key] = tensor
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -173,10 +199,15 @@ def hf_to_ours(
 
 
 def write_model_folder(
-    folder: str | os.PathLike, state: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: Any = None
+    folder: str | os.PathLike,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    tokenizer: Any = None,
+    quantization: dict[str, Any] | None = None,
 ) -> None:
     """Write our state dict and GPTConfig's fields as config.json + model.safetensors (Hugging Face layout) and,
-    when given, the tokenizer's files; each file atomically."""
+    when given, the tokenizer's files; each file atomically. With `quantization` (gpt2.quantize's entry for
+    config.json) the output layer is the model's own int8 matrix, stored as lm_head.weight, not the tied one."""
     from safetensors.torch import save
 
     folder = Path(folder)
@@ -184,7 +215,7 @@ def write_model_folder(
     tensors = {}
     dtype = None
     for key, tensor in state.items():
-        if key == TIED:
+        if key == TIED and quantization is None:
             continue  # tied to transformer.wte.weight; transformers re-ties it on load
         tensor = tensor.detach().to("cpu")
         dtype = dtype or tensor.dtype
@@ -193,6 +224,8 @@ def write_model_folder(
         tensors[key] = tensor.contiguous()
     hf = config_to_hf(config, eos_token_id=getattr(tokenizer, "eot_id", None))
     hf["torch_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+    if quantization is not None:
+        hf["quantization"] = quantization
     atomic_write(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
     atomic_write(folder / "config.json", json.dumps(hf, indent=2) + "\n")
     if tokenizer is not None:
@@ -271,6 +304,8 @@ def save_training_checkpoint(
         optim_state = get_optimizer_state_dict(model, optimizer, options=options)
     else:
         model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    rows = _stored_rows(model, {k: v.shape for k, v in model_state.items()})
+    optim_state = _fit_optimizer_state(optim_state, model, optimizer, rows, cut=True)
     rngs: list[Any] = [_rng_state(device)]
     if world_size > 1:
         rngs = [None] * world_size
@@ -321,6 +356,51 @@ def save_training_checkpoint(
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _stored_rows(model: torch.nn.Module, shapes: dict[str, Any]) -> dict[str, int]:
+    """Parameters that the state dict stores with fewer rows than the module holds (the vocabulary matrix's
+    padding, see gpt2.model.PAD_VOCAB_TO): name -> stored rows."""
+    return {
+        name: shapes[name][0]
+        for name, p in model.named_parameters()
+        if name in shapes and len(shapes[name]) and shapes[name][0] < p.shape[0]
+    }
+
+
+def _fit_optimizer_state(
+    optim_state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rows: dict[str, int],
+    *,
+    cut: bool,
+) -> dict[str, Any]:
+    """optim_state with the per-parameter tensors of padded parameters cut to their stored rows (cut=True, for
+    saving) or padded back with zeros (for loading): checkpoints never hold padding, and the padding's moments
+    are zeros in training too, so a resumed run continues exactly. Keys are parameter indices (one process) or
+    names (FSDP's full state dicts); the live optimizer state is left alone."""
+    if not rows:
+        return optim_state
+    by_id = {id(p): (name, p) for name, p in model.named_parameters()}
+    ordered = [by_id[id(p)] for group in optimizer.param_groups for p in group["params"] if id(p) in by_id]
+    named = {**dict(enumerate(ordered)), **{name: (name, p) for name, p in ordered}}
+    state = {}
+    for key, per_param in optim_state["state"].items():
+        name, p = named.get(key, (None, None))
+        if name not in rows:
+            state[key] = per_param
+            continue
+        n, full = rows[name], p.shape[0]
+        fitted = {}
+        for k, v in per_param.items():
+            if cut and isinstance(v, torch.Tensor) and v.dim() and v.shape == p.shape:
+                v = v[:n].clone()  # a view would save the whole padded storage
+            elif not cut and isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n and v.shape[1:] == p.shape[1:]:
+                v = torch.cat([v, v.new_zeros(full - n, *v.shape[1:])])
+            fitted[k] = v
+        state[key] = fitted
+    return {**optim_state, "state": state}
+
+
 def _tensors(tree: Any) -> list[torch.Tensor]:
     """The tensors inside nested dicts and lists (an optimizer's state)."""
     if isinstance(tree, torch.Tensor):
@@ -359,6 +439,9 @@ def load_training_checkpoint(
     expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED}
     weights = hf_to_ours(tensors, expected, config["n_layer"], source)
     weights[TIED] = weights["transformer.wte.weight"]
+    state["optimizer"] = _fit_optimizer_state(
+        state["optimizer"], model, optimizer, _stored_rows(model, expected), cut=False
+    )
     if sharded:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2 import checkpoint, kernels
+from gpt2 import checkpoint, fused_loss, kernels, quantize
 from gpt2.errors import GPT2Error
 
 
@@ -146,6 +146,54 @@ class Linear(nn.Linear):
         return kernels.linear(x, self.weight, self.bias)
 
 
+# The vocabulary matrix's rows are padded to a multiple of this (50,257 -> 50,304, nanoGPT's trick): the output
+# matmul's long side then splits evenly into the tiles of GPU kernels. The padding rows are zeros that no token
+# looks up, take no part in the softmax and get no gradient (so weight decay and Adam leave them at zero); state
+# dicts, checkpoints, logits and samples never see them.
+PAD_VOCAB_TO = 64
+
+
+class _PaddedRows(nn.Module):
+    """For the two modules holding the tied vocabulary matrix: rows past `vocab_size` are padding, left out of
+    state dicts and added back (as zeros) on load, so checkpoints keep the vocabulary's own shape."""
+
+    vocab_size: int
+    weight: nn.Parameter
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "weight"
+        if key in destination and destination[key].shape[0] > self.vocab_size:
+            destination[key] = destination[key][: self.vocab_size]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        key, rows = prefix + "weight", self.weight.shape[0]
+        tensor = state_dict.get(key)
+        if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 and tensor.shape[0] == self.vocab_size < rows:
+            state_dict[key] = torch.cat([tensor, tensor.new_zeros(rows - self.vocab_size, tensor.shape[1])])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class VocabEmbedding(_PaddedRows, nn.Embedding):
+    """The token embedding, `padded_rows` long of which the first `vocab_size` are tokens."""
+
+    def __init__(self, vocab_size: int, padded_rows: int, n_embd: int) -> None:
+        super().__init__(padded_rows, n_embd)
+        self.vocab_size = vocab_size
+
+
+class OutputLayer(_PaddedRows, Linear):
+    """The output layer (tied to the embedding): logits of the `vocab_size` real tokens only, through a
+    contiguous view of the weight's first rows, so every caller gets exactly the vocabulary's logits."""
+
+    def __init__(self, n_embd: int, padded_rows: int, vocab_size: int) -> None:
+        super().__init__(n_embd, padded_rows, bias=False)
+        self.vocab_size = vocab_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear(x, self.weight[: self.vocab_size], None)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -208,21 +256,24 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
+        self.padded_vocab = -(-config.vocab_size // PAD_VOCAB_TO) * PAD_VOCAB_TO
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=VocabEmbedding(config.vocab_size, self.padded_vocab, config.n_embd),
                 wpe=nn.Embedding(config.n_positions, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = OutputLayer(config.n_embd, self.padded_vocab, config.vocab_size)
         self.lm_head.weight = self.transformer.wte.weight  # tied: the output layer reuses the embedding
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # 2 residual adds per block accumulate: scale by 1/sqrt(2N)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        with torch.no_grad():
+            self.transformer.wte.weight[config.vocab_size :] = 0.0
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -235,18 +286,25 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         """Number of parameters, the tied embedding counted once (124,439,808 for `gpt2`)."""
-        return sum(p.numel() for p in self.parameters())
+        padding = (self.padded_vocab - self.config.vocab_size) * self.config.n_embd  # not parameters of the model
+        return sum(p.numel() for p in self.parameters()) - padding
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_logits: bool = True
+    ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         """Logits (B, T, vocab) for token ids (B, T); with targets (B, T) also the mean cross-entropy.
 
-        Targets equal to -1 are ignored in the loss (padding).
+        Targets equal to -1 are ignored in the loss (padding). With targets and return_logits=False the pair is
+        (None, loss), the loss computed by gpt2.fused_loss without ever holding the (B*T, vocab) logits: what
+        training uses, the same loss and gradients at a fraction of the output layer's memory traffic.
         """
-        logits = self.lm_head(self.hidden_states(idx))
+        h = self.hidden_states(idx)
         if targets is None:
-            return logits
+            return self.lm_head(h)
+        if not return_logits:
+            weight, vocab = self.lm_head.weight, self.config.vocab_size
+            return None, fused_loss.linear_cross_entropy(h.flatten(0, 1), weight, targets.flatten(), vocab)
+        logits = self.lm_head(h)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
@@ -295,7 +353,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache on this model's device and dtype."""
-        p = self.lm_head.weight
+        p = self.transformer.wte.weight  # the activations' dtype, also when the output layer is int8
         return KVCache(self.config, batch_size, max_len or self.config.n_positions, p.device, p.dtype)
 
     @torch.no_grad()
@@ -327,26 +385,49 @@ class GPT(nn.Module):
         path_or_name: str | Path,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> GPT:
         """Load a Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin), or download
-        the official weights by name: gpt2, gpt2-medium, gpt2-large, gpt2-xl."""
+        the official weights by name: gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+
+        dtype="int8" quantises the decoder's matrices and the output layer to int8 as it loads (gpt2.quantize;
+        the rest stays float32). A folder saved from such a model loads as int8, exactly as it was saved, when
+        dtype is None or "int8"; any other dtype for it is refused rather than silently dequantised."""
+        int8 = dtype in ("int8", torch.int8)
+        if isinstance(dtype, str) and not int8:
+            raise GPT2Error(f"dtype must be a torch dtype or 'int8', got {dtype!r}")
         folder = checkpoint.resolve(path_or_name)
         settings = checkpoint.read_config(folder)
         try:
             config = GPTConfig(**settings)
         except GPT2Error as e:
             raise GPT2Error(f"{folder / 'config.json'}: {e}") from None
+        quantized = checkpoint.read_quantization(folder)
+        if quantized is not None:
+            quantize.check_format(quantized, str(folder / "config.json"))
+            if dtype is not None and not int8:
+                raise GPT2Error(f"{folder} holds int8 weights; load it with dtype='int8' (or --dtype int8)")
         tensors, source = checkpoint.read_tensors(folder)
         with torch.device("meta"):  # no time spent on random init of weights that are overwritten next
             model = cls(config)
-        expected = {k: v.shape for k, v in model.state_dict().items() if k != checkpoint.TIED}
-        state = checkpoint.hf_to_ours(tensors, expected, config.n_layer, source)
+            if quantized is not None:
+                quantize.int8_skeleton(model)
+        skeleton = model.state_dict()
+        expected = {k: v.shape for k, v in skeleton.items() if k != checkpoint.TIED or quantized is not None}
+        int8_names = {k for k, v in skeleton.items() if v.dtype == torch.int8}
+        state = checkpoint.hf_to_ours(tensors, expected, config.n_layer, source, int8=int8_names)
+        if quantized is not None:
+            quantize.check_scales(state, str(source))
         model.load_state_dict(state, strict=False, assign=True)
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced wte; re-tie
-        model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+        if quantized is None:
+            model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced wte; re-tie
+        float_dtype = torch.float32 if int8 or dtype is None else dtype
+        model = model.to(device=device or "cpu", dtype=float_dtype)  # int8 tensors keep their dtype
+        if int8 and quantized is None:
+            quantize.quantize_int8(model)
         return model.eval()
 
     def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> None:
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout (and the tokenizer files)."""
-        checkpoint.write_model_folder(path, self.state_dict(), self.config.to_dict(), tokenizer)
+        quantization = quantize.FORMAT if quantize.is_quantized(self) else None
+        checkpoint.write_model_folder(path, self.state_dict(), self.config.to_dict(), tokenizer, quantization)

@@ -17,6 +17,7 @@ import errno
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -50,6 +51,12 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 
 _PEAKS: dict[tuple[str, str], float] = {}
+
+# compile = "auto" on a CPU compiles only a run that would take at least this long uncompiled (at the speed the
+# warm-up measures): compiling a small model took 276 s on a busy 2-core CPU, which a gain of 10-45% repays only
+# over half an hour or more. `gpt2 demo` (4-18 minutes) stays eager, so its stated time holds.
+COMPILE_MIN_SECONDS = 1800.0
+COMPILE_MODES = ("auto", "true", "false")
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
@@ -225,11 +232,87 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "train_config.toml", with_absolute_paths(cfg).to_toml())
             atomic_write(self.out / "metrics.jsonl", b"")
-        if cfg.compile:
-            self.model = torch.compile(self.model)
+        self.compile_note = ""  # how compile went, for the first progress line
+        self._compile()
         self.flops_per_token = flops_per_token(self.raw_model, cfg.seq_len)
         self.peak = matmul_peak(self.device, self.amp_dtype)
         self.tensorboard = self._tensorboard()
+
+    def _compile(self) -> None:
+        """Compile the model (and the fused loss inside it) per the `compile` option. The attempt runs on a probe
+        batch before training, so that compiling's time is known, a failure falls back to eager with one warning,
+        and "auto" on a CPU keeps the compiled model only if it measured faster. The probe leaves no trace: its
+        gradients are dropped and the RNG state (dropout) is restored, so the run's numbers do not depend on it."""
+        cfg = self.cfg
+        if cfg.compile not in COMPILE_MODES:
+            raise GPT2Error(f"compile must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile!r}")
+        if cfg.compile == "false" or (cfg.compile == "auto" and self.device.type not in ("cuda", "cpu")):
+            return
+        measure = cfg.compile == "auto" and self.device.type == "cpu"
+        g = torch.Generator().manual_seed(cfg.seed)
+        x = torch.randint(0, self.raw_model.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=g)
+        x = x.to(self.device)
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        try:
+            eager = 0.0
+            if measure:
+                eager = self._probe(self.model, x, reps=3)[1]
+                remaining = (cfg.max_steps - self.progress.step) * self.accum * eager
+                if not self._everywhere(remaining >= COMPILE_MIN_SECONDS):
+                    self.compile_note = f"not compiled: about {remaining:.0f} s of training, too short to repay it"
+                    return
+            candidate = torch.compile(self.model)
+            try:
+                first, compiled = self._probe(candidate, x, reps=3 if measure else 1)
+                ok = True
+            except Exception as e:  # dynamo and inductor raise many types; any of them means "use eager"
+                message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                warnings.warn(
+                    f"torch.compile failed ({type(e).__name__}: {message}); training continues uncompiled",
+                    stacklevel=3,
+                )
+                ok = False
+            if not self._everywhere(ok):
+                self.compile_note = "not compiled: compiling failed"
+                return
+            took = first - compiled if measure else first
+            if measure and not self._everywhere(compiled < 0.95 * eager):
+                self.compile_note = (
+                    f"not compiled: compiled {compiled:.2f} s vs eager {eager:.2f} s per micro-step "
+                    f"(compiling took {took:.0f} s)"
+                )
+                return
+            self.model = candidate
+            self.compile_note = f"compiled in {took:.0f} s" + (
+                f" ({compiled:.2f} s vs eager {eager:.2f} s per micro-step)" if measure else ""
+            )
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state(rng[1], self.device)
+
+    def _probe(self, model: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
+        """Seconds of the first forward + backward of x through model, and the median of the other reps."""
+        model.train()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            with self.autocast():
+                _, loss = model(x, x, return_logits=False)
+            loss.backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - t0)
+        return times[0], statistics.median(times[1:]) if reps > 1 else times[0]
+
+    def _everywhere(self, flag: bool) -> bool:
+        """flag on every process (one decision for all: their timings differ)."""
+        if not self.dist.enabled:
+            return flag
+        value = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
 
     def _wrap_distributed(self) -> None:
         if self.sharded:
@@ -321,7 +404,7 @@ class Trainer:
                 self.raw_model.set_requires_gradient_sync(True)
             x, y = self.train_loader.next_batch(self.device)
             with self._no_sync(last), self.autocast():
-                _, loss = self.model(x, y)
+                _, loss = self.model(x, y, return_logits=False)
             (loss / self.accum).backward()
             loss_sum += loss.detach().float()
         if self.cfg.grad_clip > 0:
@@ -340,7 +423,8 @@ class Trainer:
 
     @torch.no_grad()
     def val_loss(self) -> float:
-        self.model.eval()
+        # the uncompiled model: a compiled one would compile again for eval mode, for a few batches
+        self.raw_model.eval()
         loader = TokenLoader(
             self.cfg.data,
             "val",
@@ -357,7 +441,7 @@ class Trainer:
         for _ in range(batches):
             x, y = loader.next_batch(self.device)
             with self.autocast():
-                _, loss = self.model(x, y)
+                _, loss = self.raw_model(x, y, return_logits=False)
             total += loss.float()
         return self._mean(total / batches)
 
@@ -456,6 +540,8 @@ class Trainer:
                     say(line)
                     if "sample" in record:
                         say(f"sample: {record['sample']!r}")
+                if self.dist.main and self.progress.step == 1 and self.compile_note:
+                    say(f"step 1: loss {loss:.4f}, {tps:,.0f} tokens/s; torch.compile: {self.compile_note}")
                 if is_eval:
                     val = record.get("val_loss", loss)
                     if val < self.progress.best_val:

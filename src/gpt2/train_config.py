@@ -64,7 +64,11 @@ class TrainConfig:
     # system
     device: str = option("auto", "auto (the GPU if there is one), cpu, cuda or cuda:N")
     dtype: str = option("auto", "auto (bfloat16 autocast where the hardware computes it natively), bfloat16, float32")
-    compile: bool = option(False, "compile the model with torch.compile")
+    compile: str = option(
+        "auto",
+        "torch.compile the model: true, false, or auto (on CUDA; on a CPU when a timed warm-up shows a gain and "
+        "the run is long enough to repay the compile)",
+    )
     distributed: str = option("ddp", "under torchrun: ddp, or fsdp to shard parameters, gradients and optimizer state")
     seed: int = option(1337, "seed of the initial weights, the data order and the samples")
 
@@ -128,6 +132,8 @@ def run_config(run_dir: str | os.PathLike, overrides: dict[str, Any], config_fil
 def checked(key: str, value: Any) -> Any:
     """value as the type of TrainConfig.key (TOML gives 1 for 1.0), or a clear error."""
     default = getattr(TrainConfig, key)
+    if key == "compile" and isinstance(value, bool):  # run folders from before "auto" stored true / false
+        value = str(value).lower()
     if isinstance(value, bool) == isinstance(default, bool):
         if isinstance(default, float) and isinstance(value, (int, float)):
             return float(value)
