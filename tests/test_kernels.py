@@ -3,7 +3,6 @@ with it gives the same tokens as without it."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -13,16 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from gpt2 import GPT, GPTConfig, kernels
-
-
-@pytest.fixture(scope="module")
-def gemv():
-    if not sys.platform.startswith("linux") or shutil.which("c++") is None:
-        pytest.skip("the kernel is built on Linux with a C++ compiler; none here")
-    op = kernels.gemv_kernel()
-    assert op is not None, "a compiler is present, so the kernel must build (see the warning above)"
-    return op
-
 
 SHAPES = [(768, 2304), (3072, 768), (37, 5), (16, 1), (5, 3), (48, 9)]  # tails: n_in % 16 and % 32, n_out % 4
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ import torch.nn.functional as F
 from gpt2 import GPT, GPTConfig, kernels
 from gpt2.errors import GPT2Error
 from gpt2.quantize import FORMAT, Int8Linear, is_quantized, quantize_int8, quantize_rows
-
-
-@pytest.fixture(scope="module")
-def gemv_int8():
-    if not sys.platform.startswith("linux") or shutil.which("c++") is None:
-        pytest.skip("the kernel is built on Linux with a C++ compiler; none here")
-    op = kernels.gemv_int8_kernel()
-    assert op is not None, "a compiler is present, so the kernel must build (see the warning above)"
-    return op
 
 
 def tiny(seed: int = 0) -> GPT:
@@ -245,36 +235,17 @@ def test_generate_and_eval_take_dtype_int8(gemv_int8, tmp_path, capsys, gpt2_tok
     assert result["protocol"]["dtype"] == "int8" and result["tasks"]["lambada"]["n"] == 2
 
 
-def test_the_server_s_continuous_batching_decodes_int8_rows_as_alone(gemv_int8, gpt2_tokenizer) -> None:
+def test_the_server_s_continuous_batching_decodes_int8_rows_as_alone(
+    gemv_int8, gpt2_tokenizer, decode_through_engine
+) -> None:
     """Rows of an int8 model that join and leave the server's batch mid-flight each get their greedy text."""
-    import threading
-    import time
-
-    from gpt2.generate import SamplingOptions, generate
-    from gpt2.serve.batcher import Engine, Request
+    from gpt2.generate import generate
 
     torch.manual_seed(5)
-    model = GPT(GPTConfig(vocab_size=50257, n_positions=48, n_layer=2, n_head=2, n_embd=32)).eval()
-    model = quantize_int8(model)
-    engine = Engine(model, gpt2_tokenizer, max_batch=3)
-    engine.start()
+    model = quantize_int8(GPT(GPTConfig(vocab_size=50257, n_positions=48, n_layer=2, n_head=2, n_embd=32)).eval())
     prompts = [f"Row {i} says" + " well" * i for i in range(6)]
-    texts = [""] * len(prompts)
-    finished = threading.Semaphore(0)
-
-    def emitter(i: int):
-        def emit(event) -> None:
-            texts[i] += event.text
-            if event.finish_reason:
-                finished.release()
-
-        return emit
-
-    try:
-        for i, p in enumerate(prompts):
-            engine.submit(Request(gpt2_tokenizer.encode(p), 6 + i, emitter(i), SamplingOptions(temperature=0)))
-            time.sleep(0.005 * (i % 3))
-        assert all(finished.acquire(timeout=60) for _ in prompts)
-    finally:
-        engine.stop()
-    assert texts == [generate(model, gpt2_tokenizer, p, 6 + i, temperature=0)[0] for i, p in enumerate(prompts)]
+    lengths = [6 + i for i in range(len(prompts))]
+    texts = decode_through_engine(model, gpt2_tokenizer, prompts, lengths, max_batch=3)
+    assert texts == [
+        generate(model, gpt2_tokenizer, p, n, temperature=0)[0] for p, n in zip(prompts, lengths, strict=True)
+    ]

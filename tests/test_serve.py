@@ -15,7 +15,6 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from gpt2 import GPT, GPTConfig, generate  # noqa: E402
-from gpt2.generate import SamplingOptions  # noqa: E402
 from gpt2.serve.app import BackgroundServer, create_app  # noqa: E402
 
 NAME = "tiny"
@@ -277,35 +276,14 @@ def test_20_concurrent_streams_each_get_their_own_greedy_text(server, model, gpt
     assert got == expected
 
 
-def test_rows_joining_and_leaving_at_any_step_decode_as_alone(gpt2_tokenizer) -> None:
+def test_rows_joining_and_leaving_at_any_step_decode_as_alone(gpt2_tokenizer, decode_through_engine) -> None:
     """The engine alone, in a 48-token context: rows join mid-flight with prompts longer than the clock (the cache
     shifts right), fill the context (it shifts left), and finish at different steps; each is its greedy text."""
-    from gpt2.serve.batcher import Engine, Request
-
     torch.manual_seed(1)
     model = GPT(GPTConfig(vocab_size=50257, n_positions=48, n_layer=2, n_head=2, n_embd=32)).eval()
-    engine = Engine(model, gpt2_tokenizer, max_batch=4)  # 12 requests through 4 rows: some wait their turn
-    engine.start()
     prompts = [f"Row {i} says" + " well" * (3 * i % 11) for i in range(12)]
     lengths = [48 - len(gpt2_tokenizer.encode(p)) if i % 3 == 0 else 5 + i for i, p in enumerate(prompts)]
-    texts = [""] * 12
-    finished = threading.Semaphore(0)
-
-    def emitter(i: int):
-        def emit(event) -> None:
-            texts[i] += event.text
-            if event.finish_reason:
-                finished.release()
-
-        return emit
-
-    try:
-        for i, p in enumerate(prompts):
-            engine.submit(Request(gpt2_tokenizer.encode(p), lengths[i], emitter(i), SamplingOptions(temperature=0)))
-            time.sleep(0.005 * (i % 3))
-        assert all(finished.acquire(timeout=60) for _ in prompts)
-    finally:
-        engine.stop()
+    texts = decode_through_engine(model, gpt2_tokenizer, prompts, lengths, max_batch=4)  # 12 through 4 rows
     assert texts == [greedy(model, gpt2_tokenizer, p, n) for p, n in zip(prompts, lengths, strict=True)]
 
 
