@@ -188,93 +188,87 @@ void gemv_rows(const W* w, const float* xs, const float* x, const float* b, floa
   });
 }
 
-template <typename W>
-void gemv_any_rows(int64_t rows, const W* w, const float* xs, const float* x, const float* b, float* y, int64_t in,
-                   int64_t out) {
+// f(std::integral_constant<int, M>{}) for M = rows (1 to 8): the row count as a template argument, so that each
+// loop keeps its accumulators in registers.
+template <typename F>
+void with_rows(int64_t rows, F&& f) {
   switch (rows) {
-    case 1: return gemv_rows<1>(w, xs, x, b, y, in, out);
-    case 2: return gemv_rows<2>(w, xs, x, b, y, in, out);
-    case 3: return gemv_rows<3>(w, xs, x, b, y, in, out);
-    case 4: return gemv_rows<4>(w, xs, x, b, y, in, out);
-    case 5: return gemv_rows<5>(w, xs, x, b, y, in, out);
-    case 6: return gemv_rows<6>(w, xs, x, b, y, in, out);
-    case 7: return gemv_rows<7>(w, xs, x, b, y, in, out);
-    default: return gemv_rows<8>(w, xs, x, b, y, in, out);
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
   }
+}
+
+// What both ops share: x's 1 to 8 rows as float32, the bias as float32 (or none) and the float32 output. x, bias
+// and y are a few KB: float32 copies cost nothing next to reading the weights.
+struct Operands {
+  at::Tensor x, bias, y;
+  int64_t rows;
+  const float* b() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+};
+
+Operands operands(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), op, ": weight must be a contiguous (out, in) matrix");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == in, op, ": x's last dimension must equal weight's in-features");
+  const int64_t rows = x.numel() / in;
+  TORCH_CHECK(rows >= 1 && rows <= 8, op, ": 1 to 8 rows");
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  at::Tensor b = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  return {x.to(at::kFloat).contiguous(), b, at::empty(sizes, x.options().dtype(at::kFloat)), rows};
+}
+
+// x's rows in the order a widening loop reads them: per block of lanes * k elements, the `lanes` elements at
+// offsets j, k + j, 2k + j, ... for j = 0 .. k-1 in turn (the tail past the last whole block stays as it is).
+at::Tensor interleaved(const at::Tensor& xf, int64_t rows, int64_t lanes, int64_t k) {
+  const int64_t in = xf.size(-1), head = in / (lanes * k) * (lanes * k);
+  auto xs = xf.reshape({rows, in}).clone();
+  auto blocks = xs.narrow(1, 0, head).reshape({rows, head / (lanes * k), lanes, k});  // (..., lane, j)
+  xs.narrow(1, 0, head).copy_(blocks.transpose(2, 3).reshape({rows, head}));
+  return xs;
 }
 
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const auto dtype = weight.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "gemv: float32 or bfloat16 weights only");
   TORCH_CHECK(x.scalar_type() == dtype, "gemv: x and weight must have the same dtype");
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "gemv: weight must be a contiguous (out, in) matrix");
+  const auto o = operands("gemv", x, weight, bias);
   const int64_t out = weight.size(0), in = weight.size(1);
-  TORCH_CHECK(x.size(-1) == in, "gemv: x's last dimension must equal weight's in-features");
-  const int64_t rows = x.numel() / in;
-  TORCH_CHECK(rows >= 1 && rows <= 8, "gemv: 1 to 8 rows");
-  // x, bias and y are a few KB: float32 copies cost nothing next to reading the weights
-  auto xf = x.to(at::kFloat).contiguous();
-  at::Tensor bf;
-  const float* b = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    bf = bias->to(at::kFloat).contiguous();
-    b = bf.data_ptr<float>();
-  }
-  auto sizes = x.sizes().vec();
-  sizes.back() = out;
-  auto y = at::empty(sizes, x.options().dtype(at::kFloat));
-  const float* xp = xf.data_ptr<float>();
+  const float* xp = o.x.data_ptr<float>();
+  float* yp = o.y.data_ptr<float>();
   if (dtype == at::kFloat) {
-    gemv_any_rows(rows, weight.data_ptr<float>(), xp, xp, b, y.data_ptr<float>(), in, out);
+    const float* w = weight.data_ptr<float>();
+    with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xp, xp, o.b(), yp, in, out); });
   } else {
-    const int64_t head = in / (2 * L) * (2 * L);  // x's elements in the order the bfloat16 loop reads them
-    auto xs = xf.reshape({rows, in}).clone();
-    auto pairs = xs.narrow(1, 0, head).reshape({rows, head / (2 * L), L, 2});  // (..., element pair, even/odd)
-    xs.narrow(1, 0, head).copy_(pairs.transpose(2, 3).reshape({rows, head}));
-    gemv_any_rows(rows, weight.data_ptr<c10::BFloat16>(), xs.data_ptr<float>(), xp, b, y.data_ptr<float>(), in, out);
+    const auto xs = interleaved(o.x, o.rows, L, 2);  // per 32: the 16 even elements, then the 16 odd ones
+    const float* xsp = xs.data_ptr<float>();
+    const c10::BFloat16* w = weight.data_ptr<c10::BFloat16>();
+    with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xsp, xp, o.b(), yp, in, out); });
   }
-  return y.to(dtype);
+  return o.y.to(dtype);
 }
 
 at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                      const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.scalar_type() == at::kChar, "gemv_int8: int8 weights only");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "gemv_int8: float32 or bfloat16 x");
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "gemv_int8: weight must be a contiguous (out, in) matrix");
+  const auto o = operands("gemv_int8", x, weight, bias);
+  TORCH_CHECK(scale.numel() == weight.size(0), "gemv_int8: one scale per weight row");
   const int64_t out = weight.size(0), in = weight.size(1);
-  TORCH_CHECK(scale.numel() == out, "gemv_int8: one scale per weight row");
-  TORCH_CHECK(x.size(-1) == in, "gemv_int8: x's last dimension must equal weight's in-features");
-  const int64_t rows = x.numel() / in;
-  TORCH_CHECK(rows >= 1 && rows <= 8, "gemv_int8: 1 to 8 rows");
-  auto xf = x.to(at::kFloat).contiguous();
-  auto sf = scale.to(at::kFloat).contiguous();
-  at::Tensor bf;
-  const float* b = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    bf = bias->to(at::kFloat).contiguous();
-    b = bf.data_ptr<float>();
-  }
-  auto sizes = x.sizes().vec();
-  sizes.back() = out;
-  auto y = at::empty(sizes, x.options().dtype(at::kFloat));
-  const int64_t head = in / (4 * QW) * (4 * QW);  // x's elements in the order the int8 loop reads them
-  auto xs = xf.reshape({rows, in}).clone();
-  auto quads = xs.narrow(1, 0, head).reshape({rows, head / (4 * QW), QW, 4});  // (..., lane k, weight j of 4)
-  xs.narrow(1, 0, head).copy_(quads.transpose(2, 3).reshape({rows, head}));
+  const auto sf = scale.to(at::kFloat).contiguous();
+  const auto xs = interleaved(o.x, o.rows, QW, 4);  // per 4 * QW: the QW at offsets 4k, then at 4k + 1, ...
   const int8_t* w = weight.data_ptr<int8_t>();
-  const float *xp = xf.data_ptr<float>(), *xsp = xs.data_ptr<float>(), *sp = sf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  switch (rows) {
-    case 1: gemv_rows_i8<1>(w, xsp, xp, sp, b, yp, in, out); break;
-    case 2: gemv_rows_i8<2>(w, xsp, xp, sp, b, yp, in, out); break;
-    case 3: gemv_rows_i8<3>(w, xsp, xp, sp, b, yp, in, out); break;
-    case 4: gemv_rows_i8<4>(w, xsp, xp, sp, b, yp, in, out); break;
-    case 5: gemv_rows_i8<5>(w, xsp, xp, sp, b, yp, in, out); break;
-    case 6: gemv_rows_i8<6>(w, xsp, xp, sp, b, yp, in, out); break;
-    case 7: gemv_rows_i8<7>(w, xsp, xp, sp, b, yp, in, out); break;
-    default: gemv_rows_i8<8>(w, xsp, xp, sp, b, yp, in, out); break;
-  }
-  return y.to(x.scalar_type());
+  const float *xp = o.x.data_ptr<float>(), *xsp = xs.data_ptr<float>(), *sp = sf.data_ptr<float>();
+  float* yp = o.y.data_ptr<float>();
+  with_rows(o.rows, [&](auto m) { gemv_rows_i8<decltype(m)::value>(w, xsp, xp, sp, o.b(), yp, in, out); });
+  return o.y.to(x.scalar_type());
 }
 }  // namespace
 
