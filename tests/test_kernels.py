@@ -58,7 +58,8 @@ def test_linear_keeps_torch_for_gradients_and_other_shapes(gemv, monkeypatch) ->
     assert w.grad is not None and not calls
     with torch.no_grad():
         kernels.linear(torch.randn(kernels.MAX_ROWS + 1, 32), w)  # a real matmul
-        kernels.linear(torch.randn(3, 32).bfloat16(), w.bfloat16())  # where oneDNN's bfloat16 matmul is faster
+        bf16_rows = kernels.FAST_ROWS[torch.bfloat16] + 1  # where oneDNN's bfloat16 matmul is faster
+        kernels.linear(torch.randn(bf16_rows, 32).bfloat16(), w.bfloat16())
         kernels.linear(x.half(), w.half())
         kernels.linear(x, w.detach().t().contiguous().t())  # a transposed view
         assert not calls
@@ -83,14 +84,24 @@ def test_bfloat16_decoding_uses_the_kernel_for_one_row(gemv, monkeypatch) -> Non
     calls = []
     monkeypatch.setattr(kernels, "_gemv", lambda *a: calls.append(a) or gemv(*a))
     model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=500, n_positions=64)).to(torch.bfloat16).eval()
-    prompt = torch.randint(0, 500, (1, 7))
+    prompt = torch.randint(0, 500, (1, kernels.MAX_ROWS + 1))
     out = model.generate(prompt, 5, temperature=0)
-    # the prompt's 7 rows go to oneDNN, except the head (last position only); then 4 steps of one row each:
+    # the prompt's 9 rows go to oneDNN, except the head (last position only); then 4 steps of one row each:
     # 4 matrices per block and the head
     assert len(calls) == 1 + 4 * (4 * model.config.n_layer + 1)
     with kernels.disabled():
         plain = model.generate(prompt, 5, temperature=0)
-    assert out.shape == plain.shape and torch.equal(out[:, :8], plain[:, :8])  # then bf16 roundings may differ
+    n = prompt.shape[1] + 1
+    assert out.shape == plain.shape and torch.equal(out[:, :n], plain[:, :n])  # then bf16 roundings may differ
+
+
+def test_bfloat16_rows_follow_what_the_kernel_says_it_does_best(gemv) -> None:
+    rows = torch.ops.gpt2_kernels.bf16_fast_rows()
+    assert kernels.FAST_ROWS[torch.bfloat16] == rows and rows in (2, kernels.MAX_ROWS)
+    with open("/proc/cpuinfo") as f:
+        has_dot = "avx512_bf16" in f.read()
+    if not has_dot:
+        assert rows == 2
 
 
 def test_turned_off_by_the_environment(monkeypatch) -> None:

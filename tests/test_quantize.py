@@ -43,7 +43,8 @@ def dequantized_reference(model: GPT) -> GPT:
 SHAPES = [(768, 2304), (3072, 768), (37, 5), (16, 1), (5, 3), (48, 9), (64, 7), (100, 33)]  # tails of 32 and 64
 
 
-@pytest.mark.parametrize("rows", range(1, kernels.MAX_ROWS + 1))
+# every row count of one pass (1-8), then several passes of 8 and a remainder (a short prompt), up to the limit
+@pytest.mark.parametrize("rows", [*range(1, kernels.MAX_ROWS + 1), 9, 21, kernels.INT8_KERNEL_ROWS])
 @pytest.mark.parametrize("n_in,n_out", SHAPES)
 def test_int8_kernel_equals_torch_on_dequantised_weights(gemv_int8, rows, n_in, n_out) -> None:
     torch.manual_seed(rows * 1000 + n_in)
@@ -70,8 +71,8 @@ def test_int8_kernel_rejects_what_it_cannot_do(gemv_int8) -> None:
     q, scale = quantize_rows(torch.randn(8, 16))
     with pytest.raises(RuntimeError, match="int8 weights only"):
         gemv_int8(torch.randn(1, 16), q.float(), scale, None)
-    with pytest.raises(RuntimeError, match="1 to 8 rows"):
-        gemv_int8(torch.randn(9, 16), q, scale, None)
+    with pytest.raises(RuntimeError, match=f"1 to {kernels.INT8_KERNEL_ROWS} rows"):
+        gemv_int8(torch.randn(kernels.INT8_KERNEL_ROWS + 1, 16), q, scale, None)
     with pytest.raises(RuntimeError, match="one scale per weight row"):
         gemv_int8(torch.randn(1, 16), q, scale[:7], None)
     with pytest.raises(RuntimeError, match="contiguous"):
@@ -101,7 +102,7 @@ def test_linear_int8_without_the_kernel_and_for_many_rows_is_the_dequantised_mat
     b = torch.randn(24)
     w = kernels.dequantize(q, scale, torch.float32)
     with torch.no_grad():
-        many = torch.randn(2, 9, 40)  # 18 rows: a real matmul
+        many = torch.randn(2, kernels.INT8_KERNEL_ROWS // 2 + 1, 40)  # past the kernel's rows: a real matmul
         torch.testing.assert_close(kernels.linear_int8(many, q, scale, b), F.linear(many, w, b))
         assert not calls
         one = torch.randn(1, 40)

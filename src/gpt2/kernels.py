@@ -29,11 +29,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 8  # the kernel's limit; more rows are a real matmul, where torch's kernels are good
-# Up to where the kernel beats torch (bench_generate's shapes): oneDNN's bfloat16 matmul has the CPU's dot-product
-# instructions, which win once a few rows share each weight.
+MAX_ROWS = 8  # the float kernel's limit; more rows are a real matmul, where torch's kernels are good
+# int8 weights: up to this many rows (8 at a time) the kernel beats dequantising the weights for torch's matmul
+# (measured on GPT-2's matrices: 4-10x at 8-32 rows, about even at 64, slower from 128): decoding, lookahead,
+# small batches and short prompts.
+INT8_KERNEL_ROWS = 64
+# Up to where the kernel beats torch (bench_generate's shapes). For bfloat16 the built kernel says (its
+# bf16_fast_rows): 8 where it has the CPU's bfloat16 dot product (AVX512-BF16), else 2, as oneDNN's matmul has it.
 FAST_ROWS = {torch.float32: MAX_ROWS, torch.bfloat16: 2}
-SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
+# Every C++ source in csrc/ goes into one library (one build, one cache entry, one warning where it fails).
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 STALE_LOCK_SECONDS = 300
 _lock = threading.Lock()
 _gemv: Callable[..., torch.Tensor] | None = None
@@ -56,7 +61,7 @@ def _cpu_fingerprint() -> str:
 def build_name() -> str:
     """The build's name: the CPU, torch's version and the kernel source, so that a changed source is rebuilt
     (torch's builder would otherwise load the cached library of the old one)."""
-    source = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:8]
     return f"gpt2_gemv_{_cpu_fingerprint()}_{source}"
 
 
@@ -86,12 +91,13 @@ def _build() -> Callable[..., torch.Tensor] | None:
             )
         cpp_extension.load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(p) for p in SOURCES],
             extra_cflags=["-O3", "-fopenmp", *arch],  # OpenMP: the threads of torch's own parallel_for
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
             is_python_module=False,
         )
+        FAST_ROWS[torch.bfloat16] = torch.ops.gpt2_kernels.bf16_fast_rows()
         return torch.ops.gpt2_kernels.gemv
     except Exception as e:  # compiler, ninja or headers missing: decoding still works, at torch's speed
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -161,14 +167,15 @@ def linear_int8(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """F.linear(x, weight * scale[:, None], bias) for int8 weights (out, in) with float32 per-row scales: through
-    the kernel for up to MAX_ROWS rows of float32 or bfloat16 on the CPU (decoding, lookahead, small batches),
-    else through torch's matmul of a dequantised copy (prefill and evaluation, where the matmul's compute
-    outweighs the copy; torch's own int8 matmul, aten._weight_int8pack_mm, measured 2-30x slower on this CPU)."""
+    the kernel for up to INT8_KERNEL_ROWS rows of float32 or bfloat16 on the CPU (decoding, lookahead, small
+    batches, short prompts), else through torch's matmul of a dequantised copy (long prompts and evaluation,
+    where the matmul's compute outweighs the copy; torch's own int8 matmul, aten._weight_int8pack_mm, measured
+    2-30x slower on a CPU of an earlier session)."""
     if (
         not _off
         and x.device.type == "cpu"
         and x.dtype in FAST_ROWS
-        and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
+        and 0 < x.numel() <= INT8_KERNEL_ROWS * weight.shape[1]
         and weight.is_contiguous()
         and not torch.compiler.is_compiling()
     ):

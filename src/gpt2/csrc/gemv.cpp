@@ -9,6 +9,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
@@ -22,6 +25,16 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 constexpr int64_t L = 16;
+
+// How far ahead of its reads each weight row is prefetched. One core on its own streams memory far below the
+// machine's bandwidth (measured on a 2-core Xeon VM: 6-9 GB/s a core from DRAM for int8 weights, the hardware
+// prefetcher alone); asking for the lines 4 KB ahead keeps more of them in flight: 12 -> 18 GB/s on two cores.
+constexpr int64_t PREFETCH_BYTES = 4096;
+
+template <typename W>
+inline void prefetch_ahead(const W* p) {
+  __builtin_prefetch(reinterpret_cast<const char*>(p) + PREFETCH_BYTES);
+}
 
 inline v16 load(const float* p) {
   v16 v;
@@ -51,13 +64,14 @@ inline v16 as_float(u32x16 bits) {
 // from memory once and used M times.
 template <int M, int R>
 inline void dot_block(const float* w, const float* /*xs: x itself*/, const float* x, int64_t in, float* y,
-                      int64_t ldy, const float* bias) {
+                      int64_t ldy, const float* bias, const float* /*scale*/) {
   v16 acc[M][R] = {};
   int64_t i = 0;
   for (; i + L <= in; i += L) {
     v16 xv[M];
     for (int m = 0; m < M; ++m) xv[m] = load(x + m * in + i);
     for (int r = 0; r < R; ++r) {
+      prefetch_ahead(w + r * in + i);
       v16 wv = load(w + r * in + i);
       for (int m = 0; m < M; ++m) acc[m][r] += wv * xv[m];
     }
@@ -75,7 +89,7 @@ inline void dot_block(const float* w, const float* /*xs: x itself*/, const float
 // floats. xs holds x's rows rearranged to match (per 32: the 16 even elements, then the 16 odd ones).
 template <int M, int R>
 inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, int64_t in, float* y, int64_t ldy,
-                      const float* bias) {
+                      const float* bias, const float* /*scale*/) {
   v16 acc[M][R] = {};
   int64_t i = 0;
   for (; i + 2 * L <= in; i += 2 * L) {
@@ -85,6 +99,7 @@ inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, i
       odd[m] = load(xs + m * in + i + L);
     }
     for (int r = 0; r < R; ++r) {
+      prefetch_ahead(w + r * in + i);
       u32x16 words;
       std::memcpy(&words, w + r * in + i, sizeof words);
       const v16 w_even = as_float(words << 16), w_odd = as_float(words & 0xffff0000u);
@@ -101,21 +116,17 @@ inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, i
 
 // The same for int8 weights with one float32 scale per weight row (weight-only quantisation), accumulated in
 // float32; the row's scale multiplies the finished dot product once, so a weight costs one byte of reading.
-// Compilers turn a plain int8-to-float vector conversion into scalar code (GCC 12 does, for AVX2), so the
-// weights widen by shifts instead: each 32-bit word holds four int8 weights, and (word << (24 - 8j)) >> 24,
-// arithmetic, is the j-th of them sign-extended. One load of QW words thus gives four vectors of QW weights,
-// those at 4k + j for lanes k, and xs holds x's rows rearranged to match (per 4 * QW elements: the QW at
-// offsets 4k, then the QW at 4k + 1, ...). QW is the CPU's float vector width: one register per vector.
+// QW is the CPU's float vector width (one register per vector); `widen` turns QW int8 weights into QW floats.
 #if defined(__AVX512F__)
 constexpr int64_t QW = 16;
-#elif defined(__AVX__)
+#elif defined(__AVX2__)
 constexpr int64_t QW = 8;
 #else
 constexpr int64_t QW = 4;
 #endif
 typedef float qf __attribute__((vector_size(4 * QW)));
 typedef int32_t qi __attribute__((vector_size(4 * QW)));
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the int8 kernel reads four weights per 32-bit word");
+typedef int8_t qb __attribute__((vector_size(QW)));
 
 inline qf qload(const float* p) {
   qf v;
@@ -124,28 +135,46 @@ inline qf qload(const float* p) {
 }
 
 inline float qsum(qf v) {
+#if defined(__AVX512F__)
+  return sum(v);  // qf is v16 here
+#else
   float s = 0.f;
   for (int64_t k = 0; k < QW; ++k) s += v[k];
   return s;
+#endif
+}
+
+// GCC 12 compiles the plain int8 -> int32 -> float vector conversion into scalar code on x86 (with AVX2 and
+// AVX-512 alike), which made the kernel compute-bound at a third of the memory's speed; there the widening is
+// the one instruction made for it (vpmovsxbd), then one int-to-float conversion.
+inline qf widen(const int8_t* p) {
+  qf v;
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  std::memcpy(&v, &f, sizeof v);
+#elif defined(__AVX2__)
+  const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  std::memcpy(&v, &f, sizeof v);
+#else
+  qb b;
+  std::memcpy(&b, p, sizeof b);
+  v = __builtin_convertvector(__builtin_convertvector(b, qi), qf);
+#endif
+  return v;
 }
 
 template <int M, int R>
-inline void dot_block_i8(const int8_t* w, const float* xs, const float* x, int64_t in, float* y, int64_t ldy,
-                         const float* scale, const float* bias) {
+inline void dot_block(const int8_t* w, const float* /*xs: x itself*/, const float* x, int64_t in, float* y,
+                      int64_t ldy, const float* bias, const float* scale) {
   qf acc[M][R] = {};
   int64_t i = 0;
-  for (; i + 4 * QW <= in; i += 4 * QW) {
-    qf xv[M][4];
-    for (int m = 0; m < M; ++m)
-      for (int j = 0; j < 4; ++j) xv[m][j] = qload(xs + m * in + i + j * QW);
+  for (; i + QW <= in; i += QW) {
+    qf xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = qload(x + m * in + i);
     for (int r = 0; r < R; ++r) {
-      qi words;
-      std::memcpy(&words, w + r * in + i, sizeof words);
-      const qf w0 = __builtin_convertvector((words << 24) >> 24, qf);
-      const qf w1 = __builtin_convertvector((words << 16) >> 24, qf);
-      const qf w2 = __builtin_convertvector((words << 8) >> 24, qf);
-      const qf w3 = __builtin_convertvector(words >> 24, qf);
-      for (int m = 0; m < M; ++m) acc[m][r] += (w0 * xv[m][0] + w1 * xv[m][1]) + (w2 * xv[m][2] + w3 * xv[m][3]);
+      prefetch_ahead(w + r * in + i);
+      const qf wv = widen(w + r * in + i);
+      for (int m = 0; m < M; ++m) acc[m][r] += wv * xv[m];
     }
   }
   for (int m = 0; m < M; ++m)
@@ -156,32 +185,59 @@ inline void dot_block_i8(const int8_t* w, const float* xs, const float* x, int64
     }
 }
 
-template <int M>
-void gemv_rows_i8(const int8_t* w, const float* xs, const float* x, const float* scale, const float* b, float* y,
-                  int64_t in, int64_t out) {
-  // One weight row at a time, unlike the float loops: measured on an AVX2 CPU (16 vector registers, for which
-  // the widened weights and 4 vectors of x per input row compete), 1 row beat 2, 4 and 8 for 1 to 4 input rows,
-  // by 1.3-2x for one input row.
-  at::parallel_for(0, out, 16, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o)
-      dot_block_i8<M, 1>(w + o * in, xs, x, in, y + o, out, scale + o, b ? b + o : nullptr);
-  });
+#if defined(__AVX512BF16__)
+// bfloat16 weights and bfloat16 x where the CPU multiplies them itself: vdpbf16ps takes 32 pairs of bfloat16s,
+// multiplies them exactly and adds each two neighbours' products into a float32 lane, so a weight costs no
+// conversion at all (the generic loop above needs a shift or a mask per weight and is compute-bound).
+template <int M, int R>
+inline void dot_block(const c10::BFloat16* w, const c10::BFloat16* /*xs: x itself*/, const c10::BFloat16* x,
+                      int64_t in, float* y, int64_t ldy, const float* bias, const float* /*scale*/) {
+  __m512 acc[M][R];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 2 * L <= in; i += 2 * L) {
+    __m512bh xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * in + i);
+    for (int r = 0; r < R; ++r) {
+      prefetch_ahead(w + r * in + i);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * in + i);
+      for (int m = 0; m < M; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = _mm512_reduce_add_ps(acc[m][r]);
+      for (int64_t j = i; j < in; ++j) s += static_cast<float>(w[r * in + j]) * static_cast<float>(x[m * in + j]);
+      y[m * ldy + r] = s + (bias ? bias[r] : 0.f);
+    }
+}
+#endif
+
+// Weight rows in flight per thread, by weight type and input rows: more rows read memory faster as long as the
+// M * R accumulators and the inputs fit in the vector registers (32 with AVX-512, 16 with AVX2). Measured on
+// GPT-2's matrices; see each case.
+template <typename W, int M>
+constexpr int rows_in_flight() {
+  if constexpr (std::is_same_v<W, float>) return M <= 3 ? 8 : M <= 6 ? 4 : 2;  // 8 rather than 4: +8% at M = 1
+  else if constexpr (std::is_same_v<W, int8_t>) return M <= 2 ? 2 : 1;
+  else return M <= 2 ? 8 : M <= 4 ? 2 : 1;  // bfloat16: 2M inputs for the generic loop
 }
 
-template <int M, typename W>
-void gemv_rows(const W* w, const float* xs, const float* x, const float* b, float* y, int64_t in, int64_t out) {
-  // R weight rows at a time: more rows in flight read memory faster (8 rather than 4: +8% for one input row,
-  // measured on GPT-2's matrices; 12 is slower again), as long as the M * R accumulators and the inputs (M, or
-  // 2M for bfloat16) fit in the 32 vector registers.
-  constexpr bool bf16 = std::is_same_v<W, c10::BFloat16>;
-  constexpr int R = bf16 ? (M <= 2 ? 8 : M <= 4 ? 2 : 1) : (M <= 3 ? 8 : M <= 6 ? 4 : 2);
+// y = x W^T + b over every weight row, split among torch's threads; xs is x as the row loop wants it
+// (rearranged for the generic bfloat16 loop, x itself otherwise); scale is int8's per-row scales.
+template <int M, typename W, typename X>
+void gemv_rows(const W* w, const X* xs, const X* x, const float* b, float* y, int64_t in, int64_t out,
+               const float* scale = nullptr) {
+  constexpr int R = rows_in_flight<W, M>();
   at::parallel_for(0, (out + R - 1) / R, 16, [&](int64_t g0, int64_t g1) {
     for (int64_t o = g0 * R; o < std::min(g1 * R, out);) {
+      const float* s = scale ? scale + o : nullptr;
       if (o + R <= out) {
-        dot_block<M, R>(w + o * in, xs, x, in, y + o, out, b ? b + o : nullptr);
+        dot_block<M, R>(w + o * in, xs, x, in, y + o, out, b ? b + o : nullptr, s);
         o += R;
       } else {
-        dot_block<M, 1>(w + o * in, xs, x, in, y + o, out, b ? b + o : nullptr);
+        dot_block<M, 1>(w + o * in, xs, x, in, y + o, out, b ? b + o : nullptr, s);
         o += 1;
       }
     }
@@ -212,13 +268,13 @@ struct Operands {
   const float* b() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
 };
 
-Operands operands(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                  const c10::optional<at::Tensor>& bias) {
+Operands operands(const char* op, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                  int64_t max_rows) {
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), op, ": weight must be a contiguous (out, in) matrix");
   const int64_t out = weight.size(0), in = weight.size(1);
   TORCH_CHECK(x.size(-1) == in, op, ": x's last dimension must equal weight's in-features");
   const int64_t rows = x.numel() / in;
-  TORCH_CHECK(rows >= 1 && rows <= 8, op, ": 1 to 8 rows");
+  TORCH_CHECK(rows >= 1 && rows <= max_rows, op, ": 1 to ", max_rows, " rows");
   auto sizes = x.sizes().vec();
   sizes.back() = out;
   at::Tensor b = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -239,7 +295,7 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const c10::option
   const auto dtype = weight.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "gemv: float32 or bfloat16 weights only");
   TORCH_CHECK(x.scalar_type() == dtype, "gemv: x and weight must have the same dtype");
-  const auto o = operands("gemv", x, weight, bias);
+  const auto o = operands("gemv", x, weight, bias, 8);
   const int64_t out = weight.size(0), in = weight.size(1);
   const float* xp = o.x.data_ptr<float>();
   float* yp = o.y.data_ptr<float>();
@@ -247,10 +303,16 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const c10::option
     const float* w = weight.data_ptr<float>();
     with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xp, xp, o.b(), yp, in, out); });
   } else {
+    const c10::BFloat16* w = weight.data_ptr<c10::BFloat16>();
+#if defined(__AVX512BF16__)
+    const auto xb = x.reshape({o.rows, in}).contiguous();  // bfloat16 as it came: the CPU's dot product takes it
+    const c10::BFloat16* xbp = xb.data_ptr<c10::BFloat16>();
+    with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xbp, xbp, o.b(), yp, in, out); });
+#else
     const auto xs = interleaved(o.x, o.rows, L, 2);  // per 32: the 16 even elements, then the 16 odd ones
     const float* xsp = xs.data_ptr<float>();
-    const c10::BFloat16* w = weight.data_ptr<c10::BFloat16>();
     with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xsp, xp, o.b(), yp, in, out); });
+#endif
   }
   return o.y.to(dtype);
 }
@@ -259,23 +321,40 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& weight, const at::Te
                      const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.scalar_type() == at::kChar, "gemv_int8: int8 weights only");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "gemv_int8: float32 or bfloat16 x");
-  const auto o = operands("gemv_int8", x, weight, bias);
+  const auto o = operands("gemv_int8", x, weight, bias, 64);
   TORCH_CHECK(scale.numel() == weight.size(0), "gemv_int8: one scale per weight row");
   const int64_t out = weight.size(0), in = weight.size(1);
   const auto sf = scale.to(at::kFloat).contiguous();
-  const auto xs = interleaved(o.x, o.rows, QW, 4);  // per 4 * QW: the QW at offsets 4k, then at 4k + 1, ...
   const int8_t* w = weight.data_ptr<int8_t>();
-  const float *xp = o.x.data_ptr<float>(), *xsp = xs.data_ptr<float>(), *sp = sf.data_ptr<float>();
+  const float *xp = o.x.data_ptr<float>(), *sp = sf.data_ptr<float>();
   float* yp = o.y.data_ptr<float>();
-  with_rows(o.rows, [&](auto m) { gemv_rows_i8<decltype(m)::value>(w, xsp, xp, sp, o.b(), yp, in, out); });
+  // Past 8 rows (a short prompt, a few sequences at once), 8 at a time: each pass reads the weights again, and
+  // still beats dequantising them for torch's matmul up to about 64 rows (measured on GPT-2's matrices).
+  for (int64_t r0 = 0; r0 < o.rows; r0 += 8) {
+    const float* xr = xp + r0 * in;
+    with_rows(std::min<int64_t>(8, o.rows - r0),
+              [&](auto m) { gemv_rows<decltype(m)::value>(w, xr, xr, o.b(), yp + r0 * out, in, out, sp); });
+  }
   return o.y.to(x.scalar_type());
+}
+// Input rows up to which gemv beats torch's bfloat16 matmul (oneDNN, which has the CPU's dot-product
+// instructions and wins once a few rows share each weight, unless this kernel has them too).
+int64_t bf16_fast_rows() {
+#if defined(__AVX512BF16__)
+  return 8;  // measured on GPT-2's matrices: 1.2-1.9x torch's at 1 to 6 rows, 0.9-1.3x at 8
+#else
+  return 2;
+#endif
 }
 }  // namespace
 
 TORCH_LIBRARY(gpt2_kernels, m) {
+  m.def("bf16_fast_rows() -> int");
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("gemv_int8(Tensor x, Tensor weight, Tensor scale, Tensor? bias) -> Tensor");
 }
+// No tensor arguments, so no dispatch key: registered for every backend.
+TORCH_LIBRARY_IMPL(gpt2_kernels, CatchAll, m) { m.impl("bf16_fast_rows", &bf16_fast_rows); }
 TORCH_LIBRARY_IMPL(gpt2_kernels, CPU, m) {
   m.impl("gemv", &gemv);
   m.impl("gemv_int8", &gemv_int8);
