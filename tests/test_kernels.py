@@ -164,5 +164,5 @@ def test_the_first_build_says_so_on_stderr_and_a_cached_one_is_silent(monkeypatc
         kernels._build()
         first = capsys.readouterr().err
         kernels._build()
-    assert first.count("\n") == 1 and "compiling the CPU decoding kernel once for this machine" in first
+    assert first.count("\n") == 1 and "compiling the CPU kernels once for this machine" in first
     assert capsys.readouterr().err == ""

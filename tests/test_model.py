@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -270,6 +271,148 @@ def test_fused_loss_float32_and_autocast_match_the_plain_path() -> None:
         torch.testing.assert_close(linear_cross_entropy(x, w, t, vocab_size=150), plains[0])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             torch.testing.assert_close(linear_cross_entropy(x, w, t, vocab_size=150), plains[1], rtol=2e-2, atol=1e-4)
+
+
+@pytest.fixture()
+def softmax_xent(gemv):
+    """csrc/cross_entropy.cpp's op (one library with gemv: built here, or the test skips where it cannot be)."""
+    from gpt2 import kernels
+
+    return kernels.softmax_xent_kernel()
+
+
+def xent_chunk(rows: int, vocab: int, padded: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(float32 logits (rows, padded), targets, row_scale) with every case the kernel must get right: ignored rows,
+    a row whose target is its max, huge and very negative rows, spread rows reaching exp's underflow, and
+    padding columns holding values that would dominate the softmax if they took part."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, padded, generator=g) * 3
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    targets[1::4] = -1  # ignored
+    logits[0, targets[0]] = logits[0, :vocab].max() + 5  # the target is the max
+    if rows > 2:
+        logits[2] = logits[2] * 1000 + 1e4  # large: exp(x) itself would overflow
+    if rows > 3:
+        logits[3] = logits[3] - 3e4  # very negative: exp(x) itself would underflow to 0
+    if rows > 5:
+        logits[5, :vocab] = torch.linspace(-150, 0, vocab)  # exp(x - max) from 1 down past the subnormals
+        targets[5] = 0
+    logits[:, vocab:] = 1e30
+    valid = targets >= 0
+    row_scale = valid.float() / valid.sum().clamp(min=1)
+    return logits, targets, row_scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, vocab, padded", [(1, 5, 16), (7, 161, 192), (33, 160, 160), (6, 1000, 1024)])
+def test_softmax_xent_kernel_matches_the_torch_path(softmax_xent, dtype, rows, vocab, padded) -> None:
+    from gpt2.fused_loss import _chunk_loss_grad_
+
+    logits, targets, row_scale = xent_chunk(rows, vocab, padded)
+    logits = logits.to(dtype)  # what the output matmul made in this dtype
+    valid = targets >= 0
+    expected = logits.float().clone()  # (.float() of float32 logits would be the logits themselves)
+    expected_sum = _chunk_loss_grad_(expected, targets, valid, row_scale, vocab)  # what fused_loss did before
+    got = logits.clone()
+    loss = softmax_xent(got, targets, row_scale, vocab)
+    assert loss.dtype == torch.float32 and loss.shape == (rows,) and got.dtype == dtype
+    assert torch.isfinite(loss).all() and torch.isfinite(got.float()).all()
+    # the loss per row against float64 from the same logits; 0 where ignored
+    x64 = logits.double()[:, :vocab]
+    ref = torch.logsumexp(x64, 1) - x64.gather(1, targets.clamp(min=0)[:, None])[:, 0]
+    ref = torch.where(valid, ref, 0.0)
+    scale = x64.abs().amax(1).clamp(min=1)  # float32 rounds lse and the picked logit relative to their size
+    assert ((loss.double() - ref).abs() <= 4e-7 * scale + 1e-6).all(), (loss.double() - ref).abs().max()
+    torch.testing.assert_close(loss.sum(), expected_sum, rtol=1e-5, atol=1e-5)
+    assert torch.all(loss[~valid] == 0) and torch.all(got[~valid] == 0)
+    assert torch.all(got[:, vocab:] == 0)  # padding: no gradient, however large its logits were
+    # the gradient against float64 from the same logits
+    ref_grad = torch.softmax(x64, 1) * row_scale.double()[:, None]
+    ref_grad[torch.arange(rows), targets.clamp(min=0)] -= row_scale.double()
+    if dtype == torch.float32:
+        # relative to each value, except at the target, where softmax - 1 cancels: there relative to row_scale
+        err = (got[:, :vocab].double() - ref_grad).abs()
+        bound = 2e-6 * ref_grad.abs() + 1e-30
+        bound[torch.arange(rows), targets.clamp(min=0)] += 3e-7 * row_scale.double()
+        assert (err <= bound).all(), (err / bound).max()
+        # and the torch path's own float32 result: equal up to its rounding of lse - log(row_scale) (the same
+        # cancellation at the target)
+        normal = (logits.abs().amax(1) < 100) & valid
+        err = (got - expected).abs()
+        bound = 2e-5 * expected.abs() + 1e-30
+        bound[torch.arange(rows), targets.clamp(min=0)] += 4e-6 * row_scale
+        assert (err[normal] <= bound[normal]).all(), (err / bound)[normal].max()
+    else:
+        # rounded once to bfloat16 from float32, as the torch path does: at most a last-ulp difference where the
+        # float32 values straddle a rounding boundary
+        ulps = (got.view(torch.int16).int() - expected.to(dtype).view(torch.int16).int()).abs()
+        assert ulps.max() <= 1 and (ulps == 0).float().mean() > 0.98
+        ulps = (got[:, :vocab].view(torch.int16).int() - ref_grad.to(dtype).view(torch.int16).int()).abs()
+        assert ulps.max() <= 1
+
+
+def test_softmax_xent_kernel_propagates_nan_and_checks_its_targets(softmax_xent) -> None:
+    logits, targets, row_scale = xent_chunk(4, 40, 48)
+    targets[0] = 3
+    logits[0, 10] = float("nan")  # a NaN logit in a counted row is a NaN loss and gradient, as in torch
+    loss = softmax_xent(logits, targets, row_scale, 40)
+    assert loss[0].isnan() and logits[0, :40].isnan().all() and torch.isfinite(loss[2:]).all()
+    with pytest.raises(RuntimeError, match="out of range"):
+        softmax_xent(torch.zeros(2, 48), torch.tensor([3, 40]), torch.full((2,), 0.5), 40)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        softmax_xent(torch.zeros(2, 48, dtype=torch.float64), torch.tensor([3, 4]), torch.full((2,), 0.5), 40)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_through_the_kernel_equals_torch_ops(softmax_xent, autocast, monkeypatch) -> None:
+    from gpt2 import fused_loss, kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "softmax_xent_kernel", lambda: lambda *a: calls.append(1) or softmax_xent(*a))
+    torch.manual_seed(0)
+    x = torch.randn(301, 48, requires_grad=True)
+    w = (torch.randn(192, 48) * 0.3).requires_grad_()
+    t = torch.randint(0, 161, (301,))
+    t[::7] = -1
+    results = []
+    for off in (False, True):
+        if off:
+            monkeypatch.undo()  # the real accessor, which `disabled()` turns off
+        with kernels.disabled() if off else contextlib.nullcontext():
+            assert (kernels.softmax_xent_kernel() is None) == off
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = fused_loss.linear_cross_entropy(x, w, t, vocab_size=161, chunk_rows=37)
+            results.append((loss.detach(), *torch.autograd.grad(loss * 2, (x, w))))
+    assert len(calls) == 9  # 301 rows in chunks of 37: the kernel served every chunk
+    (loss, gx, gw), (loss_torch, gx_torch, gw_torch) = results
+    # float32: equal up to float32 rounding; bfloat16: the same bf16 logits, gradients rounded the same way
+    # up to a last-ulp difference, then summed by the same matmuls
+    tol = dict(rtol=2e-2, atol=1e-4) if autocast else dict(rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(loss, loss_torch, rtol=1e-6, atol=0)
+    for got, expected in ((gx, gx_torch), (gw, gw_torch)):
+        torch.testing.assert_close(got, expected, **tol)
+        assert (got - expected).norm() <= (2e-3 if autocast else 1e-6) * expected.norm()
+    assert torch.all(gw[161:] == 0)
+
+
+def test_fused_loss_chunks_of_the_kernel_path_are_larger_and_even(softmax_xent, monkeypatch) -> None:
+    from gpt2 import fused_loss, kernels
+
+    sizes = []
+
+    def spy(g: torch.Tensor, *rest) -> torch.Tensor:
+        sizes.append(len(g))
+        return softmax_xent(g, *rest)
+
+    monkeypatch.setattr(kernels, "softmax_xent_kernel", lambda: spy)
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 4 * 192 * 10)  # 10 rows: evaluation and torch's ops
+    monkeypatch.setattr(fused_loss, "KERNEL_CHUNK_BYTES", 4 * 192 * 40)  # 40 rows where the kernel does the work
+    x = torch.randn(301, 48, requires_grad=True)
+    w = torch.randn(192, 48, requires_grad=True)
+    t = torch.randint(0, 161, (301,))
+    fused_loss.linear_cross_entropy(x, w, t, vocab_size=161).backward()
+    assert sizes == [38] * 7 + [35]  # 301 rows in 8 chunks of at most 40, evenly: no chunk of 21
+    assert x.grad is not None and w.grad is not None
 
 
 def test_vocabulary_padding_is_invisible(tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""A faster matrix-vector product for decoding on the CPU, built from csrc/gemv.cpp on first use.
+"""The project's CPU kernels (csrc/*.cpp, one library built on first use): decoding's matrix-vector product and
+training's softmax cross-entropy.
 
 Decoding reads every weight once per token, so batch-1 speed is memory bandwidth. torch's matmul for a single
 row reads GPT-2's matrices at ~18 GB/s (MKL, float32) and ~24 GB/s (oneDNN, bfloat16) on a 2-core machine where
@@ -6,11 +7,14 @@ a plain streaming loop reaches ~40-45; csrc/gemv.cpp is that loop (benchmarks/be
 `linear` sends the few-row, no-grad CPU products of decoding there and everything else to torch.
 `linear_int8` does the same for int8 weights with per-row scales (gpt2.quantize): the kernel widens them in
 registers; elsewhere (more rows, a GPU, no kernel) the weights are dequantised for torch's matmul.
+`softmax_xent_kernel` is csrc/cross_entropy.cpp's op, which gpt2.fused_loss uses to turn a chunk of logits into
+the loss and its gradient in one pass over memory per row (torch's ops walk the chunk about ten times).
 
-The kernel is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
+The library is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
 and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
-version and the source's hash, so that an edited kernel is rebuilt. Where that is not possible (no compiler,
-not Linux) decoding uses torch's matmul, after one warning. GPT2_CPU_KERNELS=0 turns the kernel off.
+version and the sources' hash, so that an edited kernel is rebuilt. Where that is not possible (no compiler,
+not Linux) decoding uses torch's matmul and training torch's ops, after one warning. GPT2_CPU_KERNELS=0 turns
+the kernels off.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def _build() -> Callable[..., torch.Tensor] | None:
             lock.unlink(missing_ok=True)
         if not (build_dir / f"{name}.so").exists():  # the first decode on this machine waits for the compiler
             print(
-                f"gpt2: compiling the CPU decoding kernel once for this machine (about 10 s; cached in {build_dir})",
+                f"gpt2: compiling the CPU kernels once for this machine (about 10 s; cached in {build_dir})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -102,9 +106,10 @@ def _build() -> Callable[..., torch.Tensor] | None:
     except Exception as e:  # compiler, ninja or headers missing: decoding still works, at torch's speed
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         warnings.warn(
-            f"gpt2: the fast CPU decoding kernel could not be built ({reason[:200]}); using torch's matmul, "
-            "2-3x slower for batch-1 float32 decoding, and for int8 weights torch's matmul of dequantised copies, "
-            "correct but slower than float32. Set GPT2_CPU_KERNELS=0 to skip the attempt.",
+            f"gpt2: the CPU kernels could not be built ({reason[:200]}); using torch's matmul, 2-3x slower for "
+            "batch-1 float32 decoding, and for int8 weights torch's matmul of dequantised copies, correct but slower "
+            "than float32; training's loss uses torch's ops, correct but slower. Set GPT2_CPU_KERNELS=0 to skip the "
+            "attempt.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -128,9 +133,17 @@ def gemv_int8_kernel() -> Callable[..., torch.Tensor] | None:
     return None if gemv_kernel() is None else torch.ops.gpt2_kernels.gemv_int8
 
 
+def softmax_xent_kernel() -> Callable[..., torch.Tensor] | None:
+    """The compiled op `softmax_xent_grad_(logits, targets, row_scale, vocab_size) -> loss per row`
+    (csrc/cross_entropy.cpp, built with `gemv`) that gpt2.fused_loss uses on the CPU; None where it cannot be
+    built and inside `disabled()`."""
+    return None if _off or gemv_kernel() is None else torch.ops.gpt2_kernels.softmax_xent_grad_
+
+
 @contextmanager
 def disabled() -> Iterator[None]:
-    """Within this block `linear` is torch's F.linear throughout (for comparisons and debugging)."""
+    """Within this block `linear` is torch's F.linear throughout and the fused loss uses torch's ops (for
+    comparisons and debugging)."""
     global _off
     _off += 1
     try:
