@@ -39,7 +39,8 @@ MAX_ROWS = 8  # the float kernel's limit; more rows are a real matmul, where tor
 # small batches and short prompts.
 INT8_KERNEL_ROWS = 64
 # Up to where the kernel beats torch (bench_generate's shapes). For bfloat16 the built kernel says (its
-# bf16_fast_rows): 8 where it has the CPU's bfloat16 dot product (AVX512-BF16), else 2, as oneDNN's matmul has it.
+# bf16_fast_rows): 8 where it has the CPU's bfloat16 dot product (AVX512-BF16), as oneDNN's matmul has it; 2 with
+# AVX-512 without it; 0 (oneDNN throughout) with AVX2, where oneDNN's one-row product was the faster.
 FAST_ROWS = {torch.float32: MAX_ROWS, torch.bfloat16: 2}
 # Every C++ source in csrc/ goes into one library (one build, one cache entry, one warning where it fails).
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
