@@ -242,14 +242,21 @@ def test_fused_loss_equals_plain_loss_and_every_gradient(chunk_rows: int, monkey
     assert torch.all(got["transformer.wte.weight"][97:] == 0)  # padding: no gradient, so it stays zero
 
 
+def _loss_inputs(rows: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded hidden states (rows, 48), an output weight of 192 padded rows and targets below vocab, every
+    seventh ignored: the fused loss's test case."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, 48, requires_grad=True)
+    w = (torch.randn(192, 48) * 0.3).requires_grad_()
+    t = torch.randint(0, vocab, (rows,))
+    t[::7] = -1
+    return x, w, t
+
+
 def test_fused_loss_float32_and_autocast_match_the_plain_path() -> None:
     from gpt2.fused_loss import linear_cross_entropy
 
-    torch.manual_seed(0)
-    x = torch.randn(300, 48, requires_grad=True)
-    w = (torch.randn(192, 48) * 0.3).requires_grad_()
-    t = torch.randint(0, 150, (300,))
-    t[::7] = -1
+    x, w, t = _loss_inputs(300, 150)
     plains = []
     for autocast in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -369,11 +376,7 @@ def test_fused_loss_through_the_kernel_equals_torch_ops(softmax_xent, autocast, 
 
     calls = []
     monkeypatch.setattr(kernels, "softmax_xent_kernel", lambda: lambda *a: calls.append(1) or softmax_xent(*a))
-    torch.manual_seed(0)
-    x = torch.randn(301, 48, requires_grad=True)
-    w = (torch.randn(192, 48) * 0.3).requires_grad_()
-    t = torch.randint(0, 161, (301,))
-    t[::7] = -1
+    x, w, t = _loss_inputs(301, 161)
     results = []
     for off in (False, True):
         if off:

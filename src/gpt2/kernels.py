@@ -44,6 +44,7 @@ INT8_KERNEL_ROWS = 64
 FAST_ROWS = {torch.float32: MAX_ROWS, torch.bfloat16: 2}
 # Every C++ source in csrc/ goes into one library (one build, one cache entry, one warning where it fails).
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
+HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))  # what they include: part of the build's name
 STALE_LOCK_SECONDS = 300
 _lock = threading.Lock()
 _gemv: Callable[..., torch.Tensor] | None = None
@@ -66,7 +67,7 @@ def _cpu_fingerprint() -> str:
 def build_name() -> str:
     """The build's name: the CPU, torch's version and the kernel source, so that a changed source is rebuilt
     (torch's builder would otherwise load the cached library of the old one)."""
-    source = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:8]
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:8]
     return f"gpt2_gemv_{_cpu_fingerprint()}_{source}"
 
 

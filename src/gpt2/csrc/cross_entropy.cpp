@@ -20,44 +20,26 @@
 #include <memory>
 #include <type_traits>
 
-namespace {
-// 16 floats as one vector value (GCC/Clang vector extension, as in gemv.cpp): one AVX-512 register where the CPU
-// has them, two AVX2 or four NEON registers elsewhere.
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t i16x __attribute__((vector_size(64)));
-typedef uint32_t u16x __attribute__((vector_size(64)));
-typedef uint16_t h16x __attribute__((vector_size(32)));
-constexpr int64_t L = 16;
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "bfloat16 is read as the top half of a float32");
+#include "vectors.h"
 
-template <typename To, typename From>
-inline To bits(From v) {
-  static_assert(sizeof(To) == sizeof(From));
-  To t;
-  std::memcpy(&t, &v, sizeof t);
-  return t;
-}
+namespace {
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "bfloat16 is read as the top half of a float32");
 
 inline v16 splat(float f) { return v16{} + f; }
 
 // Loads and stores of 16 elements, float32 or bfloat16 (bfloat16 is float32's top half: widening is a shift).
-inline v16 load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 inline v16 load(const c10::BFloat16* p) {
-  h16x h;
+  u16x16 h;
   std::memcpy(&h, p, sizeof h);
-  return bits<v16>(__builtin_convertvector(h, u16x) << 16);
+  return bits<v16>(__builtin_convertvector(h, u32x16) << 16);
 }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 inline void store(c10::BFloat16* p, v16 v) {
   // round to nearest even, as c10::BFloat16 does; NaN becomes the quiet NaN 0x7fc0 (rounding could make it inf)
-  const u16x b = bits<u16x>(v);
-  const u16x rounded = (b + (((b >> 16) & 1u) + 0x7fffu)) >> 16;
-  const u16x out = (v != v) ? u16x{} + 0x7fc0u : rounded;
-  const h16x h = __builtin_convertvector(out, h16x);
+  const u32x16 b = bits<u32x16>(v);
+  const u32x16 rounded = (b + (((b >> 16) & 1u) + 0x7fffu)) >> 16;
+  const u32x16 out = (v != v) ? u32x16{} + 0x7fc0u : rounded;
+  const u16x16 h = __builtin_convertvector(out, u16x16);
   std::memcpy(p, &h, sizeof h);
 }
 
@@ -97,7 +79,7 @@ inline v16 vexp(v16 x) {
   const v16 magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer, in the low mantissa bits
   const v16 t = x * 1.44269504088896341f + magic;
   const v16 n = t - magic;
-  const i16x ni = bits<i16x>(t) - bits<i16x>(magic);
+  const i32x16 ni = bits<i32x16>(t) - bits<i32x16>(magic);
   v16 r = x - n * 0.693359375f;  // ln 2 in two parts: the first exact in float32, so n * it is exact
   r = r - n * -2.12194440e-4f;
   v16 p = splat(1.9875691500e-4f);
@@ -107,7 +89,7 @@ inline v16 vexp(v16 x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.f;
-  const i16x n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 0]: normal powers of two
+  const i32x16 n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 0]: normal powers of two
   return p * bits<v16>((n1 + 127) << 23) * bits<v16>((n2 + 127) << 23);
 }
 

@@ -17,14 +17,11 @@
 #include <cstring>
 #include <type_traits>
 
+#include "vectors.h"
+
 namespace {
-// 16 floats as one vector value (GCC/Clang vector extension): AVX-512 registers where the CPU has them, pairs
-// of AVX2 or quads of NEON registers elsewhere; the source stays free of per-ISA intrinsics.
-typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
-constexpr int64_t L = 16;
 
 // How far ahead of its reads each weight row is prefetched. One core on its own streams memory far below the
 // machine's bandwidth (measured on a 2-core Xeon VM: 6-9 GB/s a core from DRAM for int8 weights, the hardware
@@ -42,12 +39,6 @@ inline void prefetch_ahead(const W* p) {
   __builtin_prefetch(reinterpret_cast<const char*>(p) + PREFETCH_BYTES);
 }
 
-inline v16 load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
 inline float sum(v16 v) {  // by halves: a few vector adds instead of 16 scalar ones
   v8 a, b;
   std::memcpy(&a, &v, sizeof a);
@@ -58,12 +49,6 @@ inline float sum(v16 v) {  // by halves: a few vector adds instead of 16 scalar 
   std::memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof c, sizeof d);
   c += d;
   return (c[0] + c[2]) + (c[1] + c[3]);
-}
-
-inline v16 as_float(u32x16 bits) {
-  v16 v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
 }
 
 // y[m, r] = dot(w[r, :], x[m, :]) + bias[r] for M input rows and R weight rows: each weight element is read
@@ -108,7 +93,7 @@ inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, i
       prefetch_ahead(w + r * in + i);
       u32x16 words;
       std::memcpy(&words, w + r * in + i, sizeof words);
-      const v16 w_even = as_float(words << 16), w_odd = as_float(words & 0xffff0000u);
+      const v16 w_even = bits<v16>(words << 16), w_odd = bits<v16>(words & 0xffff0000u);
       for (int m = 0; m < M; ++m) acc[m][r] += w_even * even[m] + w_odd * odd[m];
     }
   }
