@@ -410,9 +410,7 @@ def test_fused_loss_chunks_of_the_kernel_path_are_larger_and_even(softmax_xent, 
     monkeypatch.setattr(kernels, "softmax_xent_kernel", lambda: spy)
     monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 4 * 192 * 10)  # 10 rows: evaluation and torch's ops
     monkeypatch.setattr(fused_loss, "KERNEL_CHUNK_BYTES", 4 * 192 * 40)  # 40 rows where the kernel does the work
-    x = torch.randn(301, 48, requires_grad=True)
-    w = torch.randn(192, 48, requires_grad=True)
-    t = torch.randint(0, 161, (301,))
+    x, w, t = _loss_inputs(301, 161)
     fused_loss.linear_cross_entropy(x, w, t, vocab_size=161).backward()
     assert sizes == [38] * 7 + [35]  # 301 rows in 8 chunks of at most 40, evenly: no chunk of 21
     assert x.grad is not None and w.grad is not None

@@ -98,12 +98,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ignore_index: int,
         chunk_rows: int,
         dtype: torch.dtype,
+        kernel: Callable[..., torch.Tensor] | None,
     ) -> torch.Tensor:
         acc = torch.promote_types(dtype, torch.float32)  # softmax and loss: float32 at least
         valid = targets != ignore_index
         # 1 / (number of counted rows) per row, 0 for ignored ones: the mean's weights, folded into the gradient
         row_scale = valid.to(acc) / valid.sum().clamp(min=1)
-        kernel = _xent_kernel(x, dtype)
         kernel_targets = torch.where(valid, targets, -1) if kernel is not None else None  # the op: < 0 = ignored
         w = weight.to(dtype)
         grad_x = torch.empty_like(x)
@@ -135,7 +135,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -155,13 +155,13 @@ def linear_cross_entropy(
     vocab_size = weight.shape[0] if vocab_size is None else vocab_size
     dtype = _compute_dtype(x)
     train = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    kernel = _xent_kernel(x, dtype) if train else None  # the C++ op serves training's gradient only
     if chunk_rows is None:  # as many rows as the chunk's bytes allow, in chunks of equal size (no small remainder)
-        kernel = train and _xent_kernel(x, dtype) is not None
-        most = default_chunk_rows(weight.shape[0], KERNEL_CHUNK_BYTES if kernel else CHUNK_BYTES)
+        most = default_chunk_rows(weight.shape[0], KERNEL_CHUNK_BYTES if kernel is not None else CHUNK_BYTES)
         rows = x.shape[0]
         chunk_rows = -(-rows // -(-rows // most)) if rows else most
     if train:
-        return _LinearCrossEntropy.apply(x, weight, targets, vocab_size, ignore_index, chunk_rows, dtype)
+        return _LinearCrossEntropy.apply(x, weight, targets, vocab_size, ignore_index, chunk_rows, dtype, kernel)
     # no gradient wanted (evaluation): the same chunked loss, without the gradient's work
     acc = torch.promote_types(dtype, torch.float32)
     valid = targets != ignore_index

@@ -65,7 +65,7 @@ def _cpu_fingerprint() -> str:
 
 
 def build_name() -> str:
-    """The build's name: the CPU, torch's version and the kernel source, so that a changed source is rebuilt
+    """The build's name: the CPU, torch's version and the kernels' sources and headers, so that a changed one is rebuilt
     (torch's builder would otherwise load the cached library of the old one)."""
     source = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:8]
     return f"gpt2_gemv_{_cpu_fingerprint()}_{source}"
