@@ -8,6 +8,13 @@ ones, which cannot be downloaded here), a 32-token prompt, 128 new tokens, greed
 CTranslate2 back to back, every dtype in every repeat (interleaved, so load from other processes hits all alike);
 figures are medians over the repeats, ratios the median of each repeat's ratio.
 
+Each family of decoders (ours, transformers, CTranslate2) runs in its own worker process, which loads the saved
+folder and waits for the parent to ask for one timed generation at a time. Sharing a process distorts both sides:
+on a 2-core AMD EPYC (Zen 4) VM, once CTranslate2 had generated in our process our int8 decoding fell from
+~175 to ~105 tok/s until its Generator was deleted (its parallel regions, and torch's, slowed 2-3x; two OpenMP
+runtimes, CTranslate2 ships its own libgomp), and CTranslate2's float32 ran at ~48 tok/s beside torch against ~71
+on its own.
+
 CTranslate2 is a peer when it is installed (`pip install ctranslate2`, a benchmark-only dependency): the saved
 folder is converted once with its TransformersConverter (what `ct2-transformers-converter` runs) and loaded per
 dtype with the compute types this CPU supports (`ctranslate2.get_supported_compute_types("cpu")`): float32 for
@@ -31,13 +38,14 @@ for.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import multiprocessing
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -49,19 +57,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": "int8"}
 CT2_COMPUTE = {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}  # ours -> CTranslate2's compute type
 
 
-def tokens_per_second(run, new_tokens: int) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    out = run()
-    return new_tokens / (time.perf_counter() - start), out
-
-
 def read_gbs(run, matrix: torch.Tensor) -> float:
     """GB/s at which run() reads a matrix larger than the caches: torch.sum for how fast this process streams
     memory right now, F.linear for torch's own one-row matmul (what decoding does without gpt2.kernels).
-    Neighbours on a shared machine move the first by tens of percent between minutes, so each repeat measures."""
-    start = time.perf_counter()
-    run()
-    return matrix.numel() * matrix.element_size() / (time.perf_counter() - start) / 1e9
+    Neighbours on a shared machine move the first by tens of percent between minutes, so each repeat measures,
+    the best of three reads after a pause: the workers' OpenMP threads spin for a while after each generation.
+    """
+    time.sleep(0.1)
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return matrix.numel() * matrix.element_size() / min(seconds) / 1e9
 
 
 def bytes_per_token(model: GPT) -> int:
@@ -94,6 +102,101 @@ def ctranslate2_peer(folder: str, vocab_size: int, threads: int):
     return ctranslate2, out
 
 
+def our_runs(folder: str, names: list[str], args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
+    """Our decoders: (dtype, decoder) -> one generation, and the weight GB each dtype reads per token."""
+    runs: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
+    weight_gb: dict[str, float] = {}
+    n_new = args.new_tokens
+    for name in names:
+        ours = GPT.from_pretrained(folder, dtype=DTYPES[name])
+        weight_gb[name] = bytes_per_token(ours) / 1e9
+
+        def plain(prompt: torch.Tensor, ours=ours) -> torch.Tensor:
+            with kernels.disabled():
+                return ours.generate(prompt, n_new, temperature=0)
+
+        runs[name, "ours"] = lambda prompt, ours=ours: ours.generate(prompt, n_new, temperature=0)
+        if name != "int8" or args.int8_fallback:
+            runs[name, "ours, torch mm"] = plain
+        if args.lookahead:
+            runs[name, f"ours, lookahead {args.lookahead}"] = lambda prompt, ours=ours: ours.generate(
+                prompt, n_new, temperature=0, lookahead=args.lookahead
+            )
+    return runs, weight_gb
+
+
+def transformers_runs(folder: str, names: list[str], args: argparse.Namespace) -> dict:
+    from transformers import GPT2LMHeadModel
+
+    runs: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
+    n_new = args.new_tokens
+    for name in names:
+        if name == "int8":  # transformers has no int8 CPU path of its own
+            continue
+        theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=DTYPES[name]).eval()
+        theirs.generation_config.eos_token_id = None  # random weights: always run all new_tokens steps
+        theirs.generation_config.pad_token_id = theirs.config.vocab_size - 1
+
+        def hf(prompt: torch.Tensor, theirs=theirs, **extra: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return theirs.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new, **extra)
+
+        runs[name, "transformers"] = hf
+        if args.lookahead:
+            runs[name, f"transformers, lookahead {args.lookahead}"] = lambda prompt, hf=hf: hf(
+                prompt, prompt_lookup_num_tokens=args.lookahead
+            )
+    return runs
+
+
+def ctranslate2_runs(converted: str, names: list[str], args: argparse.Namespace) -> dict:
+    import ctranslate2
+
+    runs: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
+    supported = ctranslate2.get_supported_compute_types("cpu")
+    for name in names:
+        if CT2_COMPUTE[name] not in supported:
+            print(f"  {name:8s} CTranslate2 has no {CT2_COMPUTE[name]} compute type on this CPU, left out")
+            continue
+        generator = ctranslate2.Generator(
+            converted, device="cpu", compute_type=CT2_COMPUTE[name], intra_threads=torch.get_num_threads()
+        )
+
+        def run(prompt: torch.Tensor, generator=generator) -> torch.Tensor:
+            result = generator.generate_batch(
+                [[f"t{i}" for i in prompt[0].tolist()]],
+                max_length=args.new_tokens,
+                min_length=args.new_tokens,
+                sampling_topk=1,
+                include_prompt_in_result=False,
+                end_token=[],
+            )
+            return torch.cat([prompt, torch.tensor([result[0].sequences_ids[0]])], dim=1)
+
+        runs[name, "ctranslate2"] = run
+    return runs
+
+
+def worker(family: str, source: str, args: argparse.Namespace, conn: Connection) -> None:
+    """One family's decoders in a process of their own: build them, warm them up, then time one generation per
+    request ((dtype, decoder), prompt) until None arrives."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weight_gb: dict[str, float] = {}
+    if family == "ours":
+        runs, weight_gb = our_runs(source, args.dtypes, args)
+    elif family == "transformers":
+        runs = transformers_runs(source, args.dtypes, args)
+    else:
+        runs = ctranslate2_runs(source, args.dtypes, args)
+    conn.send((list(runs), weight_gb))
+    while (request := conn.recv()) is not None:
+        key, prompt = request
+        start = time.perf_counter()
+        out = runs[key](prompt)
+        conn.send((args.new_tokens / (time.perf_counter() - start), out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2", help="preset shape to build with random weights (gpt2)")
@@ -122,100 +225,60 @@ def main() -> None:
     torch.manual_seed(0)
     ours32 = GPT(GPTConfig.from_name(args.model)).eval()
     prompt = torch.randint(0, ours32.config.vocab_size - 1, (1, args.prompt_tokens))
-    folder = tempfile.mkdtemp()  # both load the same saved weights, as `gpt2 generate` and users do
+    folder = tempfile.mkdtemp()  # every decoder loads the same saved weights, as `gpt2 generate` and users do
     ours32.save_pretrained(folder)
-    theirs32 = None
+    sources = {"ours": folder}
     if not args.no_transformers:
-        from transformers import GPT2LMHeadModel
-
-        theirs32 = GPT2LMHeadModel.from_pretrained(folder).eval()
-        theirs32.generation_config.eos_token_id = None  # random weights: always run all new_tokens steps
-        theirs32.generation_config.pad_token_id = ours32.config.vocab_size - 1
-
-    ct2 = None if args.no_ctranslate2 else ctranslate2_peer(folder, ours32.config.vocab_size, torch.get_num_threads())
+        sources["transformers"] = folder
+    if not args.no_ctranslate2:
+        converted = ctranslate2_peer(folder, ours32.config.vocab_size, torch.get_num_threads())
+        if converted is not None:
+            sources["ctranslate2"] = converted[1]
     n_new = args.new_tokens
     print(
         f"{args.model} ({ours32.num_params() / 1e6:.0f}M), batch 1, {args.prompt_tokens}-token prompt, {n_new} new "
         f"tokens, greedy; torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats"
     )
+    del ours32
     big = torch.randn(2**27)  # 512 MB, larger than any last-level cache here
     big_matrix, big_vector = big.view(-1, 1024), torch.randn(1, 1024)
     print(f"  fast CPU kernel (gpt2.kernels): {'built' if kernels.gemv_kernel() else 'unavailable, torch matmul'}")
     print("  ceiling: memory read bandwidth (torch.sum over 512 MB) / weight bytes per token")
-    runs: dict[tuple[str, str], Callable[[], torch.Tensor]] = {}  # (dtype, decoder) -> one generation
+    context = multiprocessing.get_context("spawn")
+    owner: dict[tuple[str, str], Connection] = {}  # (dtype, decoder) -> the pipe of the worker that runs it
     weight_gb: dict[str, float] = {}
-    for name in args.dtypes:
-        dtype = DTYPES[name]
-        ours = GPT.from_pretrained(folder, dtype=dtype)
-        weight_gb[name] = bytes_per_token(ours) / 1e9
+    processes = []
+    for family, source in sources.items():
+        mine, theirs = context.Pipe()
+        process = context.Process(target=worker, args=(family, source, args, theirs), daemon=True)
+        process.start()
+        processes.append(process)
+        keys, gb = mine.recv()
+        weight_gb |= gb
+        owner |= {tuple(key): mine for key in keys}
 
-        def plain(ours=ours) -> torch.Tensor:
-            with kernels.disabled():
-                return ours.generate(prompt, n_new, temperature=0)
+    def timed(key: tuple[str, str]) -> tuple[float, torch.Tensor]:
+        owner[key].send((key, prompt))
+        return owner[key].recv()
 
-        runs[name, "ours"] = lambda ours=ours: ours.generate(prompt, n_new, temperature=0)
-        if name != "int8" or args.int8_fallback:
-            runs[name, "ours, torch mm"] = plain
-        if args.lookahead:
-            runs[name, f"ours, lookahead {args.lookahead}"] = lambda ours=ours: ours.generate(
-                prompt, n_new, temperature=0, lookahead=args.lookahead
-            )
-        if theirs32 is not None and name != "int8":  # transformers has no int8 CPU path of its own
-            theirs = copy.deepcopy(theirs32).to(dtype)
-
-            def hf(theirs=theirs) -> torch.Tensor:
-                with torch.inference_mode():
-                    return theirs.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new)
-
-            runs[name, "transformers"] = hf
-
-            if args.lookahead:
-
-                def hf_lookup(theirs=theirs) -> torch.Tensor:
-                    with torch.inference_mode():
-                        return theirs.generate(
-                            prompt,
-                            do_sample=False,
-                            max_new_tokens=n_new,
-                            min_new_tokens=n_new,
-                            prompt_lookup_num_tokens=args.lookahead,
-                        )
-
-                runs[name, f"transformers, lookahead {args.lookahead}"] = hf_lookup
-        if ct2 is not None and CT2_COMPUTE[name] in ct2[0].get_supported_compute_types("cpu"):
-            generator = ct2[0].Generator(
-                ct2[1], device="cpu", compute_type=CT2_COMPUTE[name], intra_threads=torch.get_num_threads()
-            )
-            start_tokens = [[f"t{i}" for i in prompt[0].tolist()]]
-
-            def ctranslate2(generator=generator, start_tokens=start_tokens) -> torch.Tensor:
-                result = generator.generate_batch(
-                    start_tokens,
-                    max_length=n_new,
-                    min_length=n_new,
-                    sampling_topk=1,
-                    include_prompt_in_result=False,
-                    end_token=[],
-                )
-                return torch.cat([prompt, torch.tensor([result[0].sequences_ids[0]])], dim=1)
-
-            runs[name, "ctranslate2"] = ctranslate2
-        elif ct2 is not None:
-            print(f"  {name:8s} CTranslate2 has no {CT2_COMPUTE[name]} compute type on this CPU, left out")
-
-    for run in runs.values():  # warm-up: one-time allocations and kernel selection
-        run()
+    order = sorted(owner, key=lambda k: (args.dtypes.index(k[0]), k[1]))
+    for key in order:  # warm-up: one-time allocations and kernel selection
+        timed(key)
     # Every decoder of every dtype in each repeat, so that ratios across dtypes (our int8 against our bfloat16
     # and CTranslate2's int8) compare the same minutes of a shared machine too.
-    rates: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+    rates: dict[tuple[str, str], list[float]] = {k: [] for k in order}
     bandwidth: dict[str, list[float]] = {"memory": [], "torch GEMV": []}
     outputs: dict[tuple[str, str], torch.Tensor] = {}
     for _ in range(args.repeats):
         bandwidth["memory"].append(read_gbs(big_matrix.sum, big_matrix))
         bandwidth["torch GEMV"].append(read_gbs(lambda: F.linear(big_vector, big_matrix), big_matrix))
-        for key, run in runs.items():
-            rate, outputs[key] = tokens_per_second(run, n_new)
+        for key in order:
+            rate, outputs[key] = timed(key)
             rates[key].append(rate)
+    for conn in set(owner.values()):
+        conn.send(None)
+    for process in processes:
+        process.join()
     memory, torch_gemv = (statistics.median(v) for v in bandwidth.values())
     print(f"  memory {memory:.1f} GB/s, torch's GEMV {torch_gemv:.1f} GB/s (medians)")
 
