@@ -26,13 +26,10 @@ typedef float v4 __attribute__((vector_size(16)));
 // How far ahead of its reads each weight row is prefetched. One core on its own streams memory far below the
 // machine's bandwidth (measured on a 2-core Xeon VM: 6-9 GB/s a core from DRAM for int8 weights, the hardware
 // prefetcher alone); asking for the lines ahead keeps more of them in flight: 12 -> 18 GB/s on two cores there
-// at 4 KB. On a 2-core AMD EPYC VM (Zen 3, AVX2; the machine's own sum reads 18 GB/s) 8 KB read GPT-2's
-// matrices 3-20% faster than 4 KB (interleaved runs, float32, bfloat16 and int8). AVX-512 marks the first kind.
-#if defined(__AVX512F__)
-constexpr int64_t PREFETCH_BYTES = 4096;
-#else
+// at 4 KB. 8 KB measured better than 4 KB on two AMD EPYC VMs (interleaved runs over a decoded token's products
+// of GPT-2 small): on Zen 3 (AVX2) 3-20% for float32, bfloat16 and int8, on Zen 4 (AVX-512) 11% for int8 and
+// even (within 3%) for float32 and bfloat16, as was 16 KB.
 constexpr int64_t PREFETCH_BYTES = 8192;
-#endif
 
 template <typename W>
 inline void prefetch_ahead(const W* p) {
