@@ -186,6 +186,28 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data_dir: Path, 
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+def test_mfu_never_passes_the_peak_timed_at_a_busier_moment(
+    data_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import gpt2.train as train_module
+
+    real = train_module.matmul_peak
+    for later_peak, expected in [(None, "of the measured matmul peak"), (1.0, "MFU not shown")]:
+        # the first timing read 1 FLOP/s (a machine busy at start-up); timed again it is the real one, or the
+        # machine is still busy and no figure is better than one over 100%
+        def peak(device, dtype, refresh=False, later_peak=later_peak):
+            if not refresh or later_peak is not None:
+                return 1.0
+            return real(device, dtype, refresh=True)
+
+        monkeypatch.setattr(train_module, "matmul_peak", peak)
+        out = tmp_path / f"run{later_peak}"
+        train(TrainConfig(data=str(data_dir), out=str(out), max_steps=4, log_interval=2, **SMALL), progress=False)
+        mfus = [r["mfu"] for r in metrics(out)]
+        assert all(m is not None and 0 < m <= 1 for m in mfus) if later_peak is None else set(mfus) == {None}
+        assert expected in capsys.readouterr().out
+
+
 def test_fine_tune_checks_vocabulary(data_dir: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     train(TrainConfig(data=str(data_dir), out=str(base), max_steps=4, eval_interval=4, **SMALL), progress=False)

@@ -59,12 +59,13 @@ COMPILE_MIN_SECONDS = 1800.0
 COMPILE_MODES = ("auto", "true", "false")
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype | None, refresh: bool = False) -> float:
     """This machine's measured matmul FLOP/s in the training dtype: the denominator of MFU. Measured, not the
     datasheet's peak: a square matmul of the training dtype, timed here, so MFU reads "of what this device's
-    matmul reaches", which is higher than against the hardware's theoretical peak."""
+    matmul reaches", which is higher than against the hardware's theoretical peak. Timed once per process;
+    refresh=True times it again and keeps the faster of the two (a first timing under load reads low)."""
     key = (str(device), str(dtype))
-    if key not in _PEAKS:
+    if key not in _PEAKS or refresh:
         n = 4096 if device.type == "cuda" else 1024
         g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: resumed runs must replay it exactly
         a, b = (torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g) for _ in range(2))
@@ -79,7 +80,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None) -> float:
             if reps % 5 == 0:
                 sync()
         sync()
-        _PEAKS[key] = 2 * n**3 * reps / (time.perf_counter() - t0)
+        _PEAKS[key] = max(_PEAKS.get(key, 0.0), 2 * n**3 * reps / (time.perf_counter() - t0))
     return _PEAKS[key]
 
 
@@ -422,6 +423,15 @@ class Trainer:
         )
 
     @torch.no_grad()
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation: this process's share of tokens/s times FLOPs per token, over the measured
+        matmul peak. Above 1 the peak was timed while the machine was busier than now (at start-up, beside
+        another job): it is timed again, and where the figure still passes 1 there is none (None)."""
+        per_process = tokens_per_s / self.dist.world_size * self.flops_per_token
+        if per_process > self.peak:
+            self.peak = matmul_peak(self.device, self.amp_dtype, refresh=True)
+        return per_process / self.peak if per_process <= self.peak else None
+
     def val_loss(self) -> float:
         # the uncompiled model: a compiled one would compile again for eval mode, for a few batches
         self.raw_model.eval()
@@ -521,7 +531,7 @@ class Trainer:
                     "lr": lr_at(self.progress.step - 1, cfg),
                     "grad_norm": grad_norm,
                     "tokens_per_s": tps,
-                    "mfu": tps / self.dist.world_size * self.flops_per_token / self.peak,
+                    "mfu": self.mfu(tps),
                 }
                 if is_eval:
                     if self.has_val:
@@ -533,7 +543,11 @@ class Trainer:
                     line = (
                         f"step {self.progress.step}: loss {loss:.4f}, lr {record['lr']:.2e}, "
                         f"grad norm {grad_norm:.3f}, {tps:,.0f} tokens/s, "
-                        f"MFU {record['mfu']:.1%} of the measured matmul peak"
+                        + (
+                            f"MFU {record['mfu']:.1%} of the measured matmul peak"
+                            if record["mfu"] is not None
+                            else "MFU not shown (faster than the matmul peak, timed twice: the machine's load moved)"
+                        )
                     )
                     if "val_loss" in record:
                         line += f", val loss {record['val_loss']:.4f}"
