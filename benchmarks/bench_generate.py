@@ -8,12 +8,13 @@ ones, which cannot be downloaded here), a 32-token prompt, 128 new tokens, greed
 CTranslate2 back to back, every dtype in every repeat (interleaved, so load from other processes hits all alike);
 figures are medians over the repeats, ratios the median of each repeat's ratio.
 
-Each family of decoders (ours, transformers, CTranslate2) runs in its own worker process, which loads the saved
-folder and waits for the parent to ask for one timed generation at a time. Sharing a process distorts both sides:
-on a 2-core AMD EPYC (Zen 4) VM, once CTranslate2 had generated in our process our int8 decoding fell from
-~175 to ~105 tok/s until its Generator was deleted (its parallel regions, and torch's, slowed 2-3x; two OpenMP
-runtimes, CTranslate2 ships its own libgomp), and CTranslate2's float32 ran at ~48 tok/s beside torch against ~71
-on its own.
+Each family of decoders (ours, transformers, CTranslate2) runs each dtype in a worker process of its own, which
+loads the saved folder and waits for the parent to ask for one timed generation at a time. Sharing a process
+distorts both sides: on a 2-core AMD EPYC (Zen 4) VM, once CTranslate2 had generated in our process our int8
+decoding fell from ~175 to ~105 tok/s until its Generator was deleted (torch's profiler: our kernel's parallel
+regions and torch's attention 1.8-3x slower; CTranslate2 ships its own libgomp, so two OpenMP runtimes share the
+cores), and CTranslate2's float32 ran at ~48 tok/s beside torch, or beside CTranslate2's own int8 Generator,
+against ~71 on its own.
 
 CTranslate2 is a peer when it is installed (`pip install ctranslate2`, a benchmark-only dependency): the saved
 folder is converted once with its TransformersConverter (what `ct2-transformers-converter` runs) and loaded per
@@ -102,94 +103,89 @@ def ctranslate2_peer(folder: str, vocab_size: int, threads: int):
     return ctranslate2, out
 
 
-def our_runs(folder: str, names: list[str], args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
-    """Our decoders: (dtype, decoder) -> one generation, and the weight GB each dtype reads per token."""
-    runs: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
-    weight_gb: dict[str, float] = {}
+Runs = dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]]  # (dtype, decoder) -> one generation
+
+
+def our_runs(folder: str, name: str, args: argparse.Namespace) -> tuple[Runs, dict[str, float]]:
+    """Our decoders of one dtype, and the weight GB that dtype reads per token."""
+    ours = GPT.from_pretrained(folder, dtype=DTYPES[name])
     n_new = args.new_tokens
-    for name in names:
-        ours = GPT.from_pretrained(folder, dtype=DTYPES[name])
-        weight_gb[name] = bytes_per_token(ours) / 1e9
 
-        def plain(prompt: torch.Tensor, ours=ours) -> torch.Tensor:
-            with kernels.disabled():
-                return ours.generate(prompt, n_new, temperature=0)
+    def plain(prompt: torch.Tensor) -> torch.Tensor:
+        with kernels.disabled():
+            return ours.generate(prompt, n_new, temperature=0)
 
-        runs[name, "ours"] = lambda prompt, ours=ours: ours.generate(prompt, n_new, temperature=0)
-        if name != "int8" or args.int8_fallback:
-            runs[name, "ours, torch mm"] = plain
-        if args.lookahead:
-            runs[name, f"ours, lookahead {args.lookahead}"] = lambda prompt, ours=ours: ours.generate(
-                prompt, n_new, temperature=0, lookahead=args.lookahead
-            )
-    return runs, weight_gb
+    runs: Runs = {(name, "ours"): lambda prompt: ours.generate(prompt, n_new, temperature=0)}
+    if name != "int8" or args.int8_fallback:
+        runs[name, "ours, torch mm"] = plain
+    if args.lookahead:
+        runs[name, f"ours, lookahead {args.lookahead}"] = lambda prompt: ours.generate(
+            prompt, n_new, temperature=0, lookahead=args.lookahead
+        )
+    return runs, {name: bytes_per_token(ours) / 1e9}
 
 
-def transformers_runs(folder: str, names: list[str], args: argparse.Namespace) -> dict:
+def transformers_runs(folder: str, name: str, args: argparse.Namespace) -> Runs:
+    if name == "int8":  # transformers has no int8 CPU path of its own
+        return {}
     from transformers import GPT2LMHeadModel
 
-    runs: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
+    theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=DTYPES[name]).eval()
+    theirs.generation_config.eos_token_id = None  # random weights: always run all new_tokens steps
+    theirs.generation_config.pad_token_id = theirs.config.vocab_size - 1
     n_new = args.new_tokens
-    for name in names:
-        if name == "int8":  # transformers has no int8 CPU path of its own
-            continue
-        theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=DTYPES[name]).eval()
-        theirs.generation_config.eos_token_id = None  # random weights: always run all new_tokens steps
-        theirs.generation_config.pad_token_id = theirs.config.vocab_size - 1
 
-        def hf(prompt: torch.Tensor, theirs=theirs, **extra: int) -> torch.Tensor:
-            with torch.inference_mode():
-                return theirs.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new, **extra)
+    def hf(prompt: torch.Tensor, **extra: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return theirs.generate(prompt, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new, **extra)
 
-        runs[name, "transformers"] = hf
-        if args.lookahead:
-            runs[name, f"transformers, lookahead {args.lookahead}"] = lambda prompt, hf=hf: hf(
-                prompt, prompt_lookup_num_tokens=args.lookahead
-            )
+    runs: Runs = {(name, "transformers"): hf}
+    if args.lookahead:
+        runs[name, f"transformers, lookahead {args.lookahead}"] = lambda prompt: hf(
+            prompt, prompt_lookup_num_tokens=args.lookahead
+        )
     return runs
 
 
-def ctranslate2_runs(converted: str, names: list[str], args: argparse.Namespace) -> dict:
+def ctranslate2_runs(converted: str, name: str, args: argparse.Namespace) -> Runs:
     import ctranslate2
 
-    runs: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
-    supported = ctranslate2.get_supported_compute_types("cpu")
-    for name in names:
-        if CT2_COMPUTE[name] not in supported:
-            print(f"  {name:8s} CTranslate2 has no {CT2_COMPUTE[name]} compute type on this CPU, left out")
-            continue
-        generator = ctranslate2.Generator(
-            converted, device="cpu", compute_type=CT2_COMPUTE[name], intra_threads=torch.get_num_threads()
+    if CT2_COMPUTE[name] not in ctranslate2.get_supported_compute_types("cpu"):
+        print(f"  {name:8s} CTranslate2 has no {CT2_COMPUTE[name]} compute type on this CPU, left out")
+        return {}
+    generator = ctranslate2.Generator(
+        converted, device="cpu", compute_type=CT2_COMPUTE[name], intra_threads=torch.get_num_threads()
+    )
+
+    def run(prompt: torch.Tensor) -> torch.Tensor:
+        result = generator.generate_batch(
+            [[f"t{i}" for i in prompt[0].tolist()]],
+            max_length=args.new_tokens,
+            min_length=args.new_tokens,
+            sampling_topk=1,
+            include_prompt_in_result=False,
+            end_token=[],
         )
+        return torch.cat([prompt, torch.tensor([result[0].sequences_ids[0]])], dim=1)
 
-        def run(prompt: torch.Tensor, generator=generator) -> torch.Tensor:
-            result = generator.generate_batch(
-                [[f"t{i}" for i in prompt[0].tolist()]],
-                max_length=args.new_tokens,
-                min_length=args.new_tokens,
-                sampling_topk=1,
-                include_prompt_in_result=False,
-                end_token=[],
-            )
-            return torch.cat([prompt, torch.tensor([result[0].sequences_ids[0]])], dim=1)
-
-        runs[name, "ctranslate2"] = run
-    return runs
+    return {(name, "ctranslate2"): run}
 
 
-def worker(family: str, source: str, args: argparse.Namespace, conn: Connection) -> None:
-    """One family's decoders in a process of their own: build them, warm them up, then time one generation per
+def worker(family: str, name: str, source: str, args: argparse.Namespace, conn: Connection) -> None:
+    """One family's decoders of one dtype in a process of their own: build them, then time one generation per
     request ((dtype, decoder), prompt) until None arrives."""
     if args.threads:
         torch.set_num_threads(args.threads)
     weight_gb: dict[str, float] = {}
     if family == "ours":
-        runs, weight_gb = our_runs(source, args.dtypes, args)
+        runs, weight_gb = our_runs(source, name, args)
     elif family == "transformers":
-        runs = transformers_runs(source, args.dtypes, args)
+        runs = transformers_runs(source, name, args)
     else:
-        runs = ctranslate2_runs(source, args.dtypes, args)
+        runs = ctranslate2_runs(source, name, args)
     conn.send((list(runs), weight_gb))
+    if not runs:  # nothing of this family in this dtype
+        return
     while (request := conn.recv()) is not None:
         key, prompt = request
         start = time.perf_counter()
@@ -249,13 +245,14 @@ def main() -> None:
     weight_gb: dict[str, float] = {}
     processes = []
     for family, source in sources.items():
-        mine, theirs = context.Pipe()
-        process = context.Process(target=worker, args=(family, source, args, theirs), daemon=True)
-        process.start()
-        processes.append(process)
-        keys, gb = mine.recv()
-        weight_gb |= gb
-        owner |= {tuple(key): mine for key in keys}
+        for name in args.dtypes:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=worker, args=(family, name, source, args, theirs), daemon=True)
+            process.start()
+            processes.append(process)
+            keys, gb = mine.recv()
+            weight_gb |= gb
+            owner |= {tuple(key): mine for key in keys}
 
     def timed(key: tuple[str, str]) -> tuple[float, torch.Tensor]:
         owner[key].send((key, prompt))
