@@ -1,11 +1,14 @@
 """Training throughput: tokens/s and MFU of one full optimizer step, ours against nanoGPT (and optionally
-transformers' GPT-2), interleaved in one process so that a busy machine slows every contender alike.
+transformers' GPT-2), interleaved so that a busy machine slows every contender alike.
 
 One iteration is a whole optimizer step (forward, backward, gradient clipping, AdamW). Ours is what `gpt2 train`
 runs: the fused output layer + loss, the padded vocabulary, torch's fused AdamW. nanoGPT is imported from a
 checkout when NANOGPT_DIR is set (its model.py and its configure_optimizers, as its train.py uses them; it is
-not vendored here, and the bench runs without it); its vocabulary is its own 50,304. The contenders take one
-step each in turn, round after round, and each one's median step is reported. MFU counts 6N + 12*L*d*T FLOPs
+not vendored here, and the bench runs without it); its vocabulary is its own 50,304. Each contender lives in a
+process of its own, as each is run by its users: ours sets what `gpt2 train` sets for the process (glibc's
+malloc keeps freed memory, gpt2.devices.keep_freed_memory; "ours, default allocator" leaves it out), which in a
+shared process would speed the others up too. The parent asks each for one step in turn, round after round, and
+reports each one's median step. MFU counts 6N + 12*L*d*T FLOPs
 per token (N without padding) against this machine's matmul peak in the same dtype, measured in the same run.
 
     NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py        # 124M 1x1024, 2x1024, gpt2-mini 16x256; fp32, bf16
@@ -20,18 +23,20 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import multiprocessing
 import os
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
 import gpt2.model
 from gpt2 import GPT, GPTConfig
-from gpt2.devices import bf16_supported
+from gpt2.devices import bf16_supported, keep_freed_memory
 from gpt2.train import TrainConfig, flops_per_token, make_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,8 +57,10 @@ def peak_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float
     return best
 
 
-def ours(config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True) -> tuple:
-    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad off measure those pieces."""
+def ours(config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True, keep: bool = True) -> tuple:
+    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad/keep off measure those pieces."""
+    if keep:
+        keep_freed_memory()
     saved = gpt2.model.PAD_VOCAB_TO
     gpt2.model.PAD_VOCAB_TO = saved if pad else 1
     try:
@@ -129,10 +136,38 @@ def one_step(step: Step, opt: torch.optim.Optimizer, model: torch.nn.Module, xy:
     return time.perf_counter() - t0
 
 
+def make(impl: str, config: GPTConfig) -> tuple:
+    """(step, optimizer, model) of the contender named impl."""
+    if impl.startswith("nanoGPT"):
+        return nanogpt(load_nanogpt(), config, impl.endswith("+compile"))
+    if impl == "transformers":
+        return transformers_peer(config)
+    return {
+        "ours": partial(ours, config, False),
+        "ours+compile": partial(ours, config, True),
+        "ours, plain loss": partial(ours, config, False, fused=False),
+        "ours, no padding": partial(ours, config, False, pad=False),
+        "ours, neither": partial(ours, config, False, fused=False, pad=False),
+        "ours, default allocator": partial(ours, config, False, keep=False),
+    }[impl]()
+
+
+def worker(impl: str, config: GPTConfig, batch: int, seq: int, amp: torch.dtype | None, conn: Connection) -> None:
+    """One contender in a process of its own: built, then one timed optimizer step per request until None."""
+    torch.manual_seed(0)
+    contender = make(impl, config)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=g)
+    xy = (x[:, :-1].contiguous(), x[:, 1:].contiguous())  # nanoGPT views its targets: they must be whole
+    conn.send("ready")
+    while conn.recv() is not None:
+        conn.send(one_step(*contender, xy, amp))
+
+
 def throughput(args: argparse.Namespace) -> None:
-    nano = load_nanogpt()
-    if nano is None:
+    if load_nanogpt() is None:
         print("NANOGPT_DIR is not set: nanoGPT is left out (set it to a nanoGPT checkout to compare)")
+    nano = load_nanogpt() is not None
     if "bfloat16" in args.dtypes and not bf16_supported(torch.device("cpu")):
         # `gpt2 train` refuses it there (gpt2.devices); emulated on an AVX2 CPU, gpt2-mini --ablate had not
         # finished its 35 bfloat16 steps after 26 minutes
@@ -141,7 +176,17 @@ def throughput(args: argparse.Namespace) -> None:
     peaks = {d: peak_flops(torch.float32 if d == "float32" else torch.bfloat16) for d in args.dtypes}
     for d, p in peaks.items():
         print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s, measured here (MFU below is of this, not of a datasheet peak)")
-    print(f"{'shape':<18} {'dtype':<9} {'impl':<22} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
+    print(f"{'shape':<18} {'dtype':<9} {'impl':<24} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
+    impls = ["ours"]
+    if args.ablate:
+        impls += ["ours, plain loss", "ours, no padding", "ours, neither", "ours, default allocator"]
+    if nano:
+        impls.append("nanoGPT")
+    if args.compile:
+        impls += ["ours+compile"] + (["nanoGPT+compile"] if nano else [])
+    if args.transformers:
+        impls.append("transformers")
+    context = multiprocessing.get_context("spawn")
     for spec in args.shapes:
         name, _, bt = spec.partition(":")
         batch, seq = (int(v) for v in (bt or "2x1024").split("x"))
@@ -150,34 +195,27 @@ def throughput(args: argparse.Namespace) -> None:
             fpt = flops_per_token(GPT(config), seq)
         for d in args.dtypes:
             amp = None if d == "float32" else torch.bfloat16
-            makers: dict[str, Callable[[], tuple]] = {"ours": partial(ours, config, False)}
-            if args.ablate:
-                makers["ours, plain loss"] = partial(ours, config, False, fused=False)
-                makers["ours, no padding"] = partial(ours, config, False, pad=False)
-                makers["ours, neither"] = partial(ours, config, False, fused=False, pad=False)
-            if nano is not None:
-                makers["nanoGPT"] = partial(nanogpt, nano, config, False)
-            if args.compile:
-                makers["ours+compile"] = partial(ours, config, True)
-                if nano is not None:
-                    makers["nanoGPT+compile"] = partial(nanogpt, nano, config, True)
-            if args.transformers:
-                makers["transformers"] = partial(transformers_peer, config)
-            contenders = {}
-            for impl, make in makers.items():
-                torch.manual_seed(0)
-                contenders[impl] = make()
-            g = torch.Generator().manual_seed(0)
-            x = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=g)
-            x = (x[:, :-1].contiguous(), x[:, 1:].contiguous())  # nanoGPT views its targets: they must be whole
+            pipes: dict[str, Connection] = {}
+            for impl in impls:  # one at a time, so that building one does not slow another's steps
+                mine, theirs = context.Pipe()
+                context.Process(target=worker, args=(impl, config, batch, seq, amp, theirs), daemon=True).start()
+                mine.recv()
+                pipes[impl] = mine
+
+            def step(impl: str, pipes: dict[str, Connection] = pipes) -> float:
+                pipes[impl].send(True)
+                return pipes[impl].recv()
+
             # the first step (compiling, where there is one) and one more warm-up, each contender in turn
-            first = {impl: one_step(*c, x, amp) for impl, c in contenders.items()}
-            for c in contenders.values():
-                one_step(*c, x, amp)
-            times: dict[str, list[float]] = {impl: [] for impl in contenders}
+            first = {impl: step(impl) for impl in impls}
+            for impl in impls:
+                step(impl)
+            times: dict[str, list[float]] = {impl: [] for impl in impls}
             for _ in range(args.steps):  # interleaved: a slow patch of the machine hits every contender
-                for impl, c in contenders.items():
-                    times[impl].append(one_step(*c, x, amp))
+                for impl in impls:
+                    times[impl].append(step(impl))
+            for conn in pipes.values():
+                conn.send(None)
             tps = {impl: batch * seq / statistics.median(t) for impl, t in times.items()}
             for impl, v in tps.items():
                 ratio = f"{v / tps['nanoGPT']:.2f}x" if "nanoGPT" in tps else ""
@@ -185,10 +223,9 @@ def throughput(args: argparse.Namespace) -> None:
                     ratio += f"  ({v / tps['nanoGPT+compile']:.2f}x nanoGPT+compile)"
                 label = f"{name} {batch}x{seq}"
                 print(
-                    f"{label:<18} {d:<9} {impl:<22} {v:>9.0f} {v * fpt / peaks[d]:>6.1%} {first[impl]:>8.1f}  {ratio}",
+                    f"{label:<18} {d:<9} {impl:<24} {v:>9.0f} {v * fpt / peaks[d]:>6.1%} {first[impl]:>8.1f}  {ratio}",
                     flush=True,
                 )
-            del contenders
 
 
 def curve(args: argparse.Namespace) -> None:

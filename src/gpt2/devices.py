@@ -6,6 +6,10 @@ natively (CUDA GPUs that support it; CPUs with AVX-512 BF16 or AMX), since elsew
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
+
 import torch
 
 from gpt2.errors import GPT2Error
@@ -56,3 +60,27 @@ def pick_dtype(name: str, device: torch.device, *, training: bool = False) -> to
     if training and dtype == torch.bfloat16 and not bf16_supported(device):
         raise GPT2Error(f"bfloat16 was asked for, but {device} has no native bfloat16 arithmetic")
     return dtype
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a training step frees for the next step rather than give it back to the
+    kernel; True where it applied (Linux with glibc), for the rest of the process.
+
+    By default every block of 128 KB or more (GPT-2's activations, autocast's weight copies, the gradients of the
+    50,257-row embedding) is mapped afresh for each step and unmapped after it, so each step faults its memory in
+    page by page again, the kernel zeroing every page first: at 124M, 1 x 1024 tokens, bf16 autocast, ~300,000 page
+    faults and 0.8 s of system time per step, and 2.0 instead of 2.7 s a step without them (a 2-core AMD EPYC VM).
+    With no mapped blocks and no trimming, the heap grows to one step's peak and each later step reuses it; the
+    memory is not returned between steps, and the peak grew by 2% there (2.83 to 2.88 GB).
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+    except (OSError, AttributeError):
+        return False
