@@ -233,6 +233,7 @@ def curve(args: argparse.Namespace) -> None:
     The yardstick of "normal noise" is a second fp32 run that differs only in its initial weights' seed."""
     from gpt2.tokenizer import Tokenizer
 
+    keep_freed_memory()  # as `gpt2 train` runs
     tok = Tokenizer.from_pretrained(SHARED / "gpt2-vocab")
     ids = torch.tensor(tok.encode((SHARED / "tinyshakespeare" / "input.txt").read_text()))
     config = GPTConfig.from_name("gpt2-mini", n_positions=256)
