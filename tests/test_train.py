@@ -186,6 +186,23 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(data_dir: Path, 
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+def test_validation_runs_without_autograd(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    grad_in_eval: list[bool] = []
+    forward = GPT.forward
+
+    def spy(self, *args, **kwargs):
+        if not self.training:  # the validation pass puts the model in eval mode
+            grad_in_eval.append(torch.is_grad_enabled())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    train(
+        TrainConfig(data=str(data_dir), out=str(tmp_path / "run"), max_steps=2, eval_interval=2, **SMALL),
+        progress=False,
+    )
+    assert grad_in_eval and not any(grad_in_eval)
+
+
 def test_mfu_never_passes_the_peak_timed_at_a_busier_moment(
     data_dir: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:

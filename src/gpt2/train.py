@@ -424,7 +424,6 @@ class Trainer:
             grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         )
 
-    @torch.no_grad()
     def mfu(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation: this process's share of tokens/s times FLOPs per token, over the measured
         matmul peak. Above 1 the peak was timed while the machine was busier than now (at start-up, beside
@@ -434,6 +433,7 @@ class Trainer:
             self.peak = matmul_peak(self.device, self.amp_dtype, refresh=True)
         return per_process / self.peak if per_process <= self.peak else None
 
+    @torch.no_grad()
     def val_loss(self) -> float:
         # the uncompiled model: a compiled one would compile again for eval mode, for a few batches
         self.raw_model.eval()
