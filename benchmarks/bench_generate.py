@@ -84,8 +84,8 @@ def bytes_per_token(model: GPT) -> int:
     return total
 
 
-def ctranslate2_peer(folder: str, vocab_size: int, threads: int):
-    """(ctranslate2 module, converted folder), or None with the reason printed when it is not installed."""
+def ctranslate2_peer(folder: str, vocab_size: int) -> str | None:
+    """The folder converted for CTranslate2, or None with the reason printed when it is not installed."""
     try:
         import ctranslate2
         from ctranslate2.converters import TransformersConverter
@@ -100,7 +100,7 @@ def ctranslate2_peer(folder: str, vocab_size: int, threads: int):
     TransformersConverter(folder).convert(out, force=True)
     types = ctranslate2.get_supported_compute_types("cpu")
     print(f"  CTranslate2 {ctranslate2.__version__}: converted; compute types on this CPU: {', '.join(sorted(types))}")
-    return ctranslate2, out
+    return out
 
 
 Runs = dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]]  # (dtype, decoder) -> one generation
@@ -227,9 +227,9 @@ def main() -> None:
     if not args.no_transformers:
         sources["transformers"] = folder
     if not args.no_ctranslate2:
-        converted = ctranslate2_peer(folder, ours32.config.vocab_size, torch.get_num_threads())
+        converted = ctranslate2_peer(folder, ours32.config.vocab_size)
         if converted is not None:
-            sources["ctranslate2"] = converted[1]
+            sources["ctranslate2"] = converted
     n_new = args.new_tokens
     print(
         f"{args.model} ({ours32.num_params() / 1e6:.0f}M), batch 1, {args.prompt_tokens}-token prompt, {n_new} new "

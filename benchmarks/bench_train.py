@@ -165,9 +165,9 @@ def worker(impl: str, config: GPTConfig, batch: int, seq: int, amp: torch.dtype 
 
 
 def throughput(args: argparse.Namespace) -> None:
-    if load_nanogpt() is None:
+    nano = load_nanogpt() is not None  # checked here; each nanoGPT worker loads its own copy
+    if not nano:
         print("NANOGPT_DIR is not set: nanoGPT is left out (set it to a nanoGPT checkout to compare)")
-    nano = load_nanogpt() is not None
     if "bfloat16" in args.dtypes and not bf16_supported(torch.device("cpu")):
         # `gpt2 train` refuses it there (gpt2.devices); emulated on an AVX2 CPU, gpt2-mini --ablate had not
         # finished its 35 bfloat16 steps after 26 minutes
