@@ -3,6 +3,7 @@ with it gives the same tokens as without it."""
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -166,3 +167,69 @@ def test_the_first_build_says_so_on_stderr_and_a_cached_one_is_silent(monkeypatc
         kernels._build()
     assert first.count("\n") == 1 and "compiling the CPU kernels once for this machine" in first
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture(scope="module")
+def gelu_inputs() -> torch.Tensor:
+    """GELU's input range in GPT-2's MLP and beyond it: both tails (where 1 + tanh cancels), zeros, a size
+    that leaves a vector tail."""
+    torch.manual_seed(0)
+    x = torch.randn(4099) * 4
+    x[:8] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, -12.0, 12.0, -60.0, 80.0])
+    return x
+
+
+def _exact_gelu(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GELU (tanh form) at x in float64 and its derivative, by the sigmoid form (torch's 0.5 x (1 + tanh u)
+    cancels to 0 in float64 too, below x = -6); with the error scales of float32 arithmetic: 1 + |z| for the
+    value (exp's argument z), and for the derivative its two terms' sizes (they cancel near x = -0.75)."""
+    x = x.double()
+    z = math.sqrt(8 / math.pi) * (x + 0.044715 * x**3)
+    s = torch.sigmoid(z)
+    second = x * s * torch.sigmoid(-z) * math.sqrt(8 / math.pi) * (1 + 3 * 0.044715 * x**2)
+    growth = 1 + z.abs()
+    return x * s, s + second, growth, (s.abs() + second.abs()) * growth
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_tanh_is_torchs_gelu_and_gradient(gemv, gelu_inputs, dtype) -> None:
+    x = gelu_inputs.to(dtype, copy=True).requires_grad_()
+    g = torch.randn(x.shape, dtype=dtype)
+    y = kernels.gelu_tanh(x)
+    y.backward(g)
+    assert y.dtype == x.grad.dtype == dtype
+    exact, slope, growth, terms = _exact_gelu(x.detach())
+    y, grad, g = y.detach().double(), x.grad.double(), g.double()
+    # float32 arithmetic (a few ulps, growing with |z|), then for bfloat16 one rounding (8 significant bits);
+    # an absolute 1e-30 where float32 has only subnormals and zeros
+    rounding = 0.0 if dtype == torch.float32 else 2**-8
+    assert ((y - exact).abs() <= (rounding + 2e-7 * growth) * exact.abs() + 1e-30).all()
+    assert ((grad - g * slope).abs() <= g.abs() * (rounding * slope.abs() + 2e-7 * terms) + 1e-30).all()
+    # torch computes 0.5 x (1 + tanh u), which cancels in the negative tail: there ours is the nearer of the two
+    theirs = F.gelu(x.detach(), approximate="tanh").double()
+    assert ((y - exact).abs() <= (theirs - exact).abs() + (rounding + 2e-7 * growth) * exact.abs() + 1e-30).all()
+    assert ((theirs - exact).abs() > 0.5 * exact.abs()).any()  # the inputs reach where torch's form fails
+
+
+def test_gelu_tanh_keeps_torch_where_the_kernel_does_not_apply(gemv, monkeypatch) -> None:
+    calls = []
+    op = torch.ops.gpt2_kernels.gelu_tanh
+    monkeypatch.setattr(torch.ops.gpt2_kernels, "gelu_tanh", lambda x: calls.append(x) or op(x), raising=False)
+    x = torch.randn(3, 40)
+    with kernels.disabled():
+        torch.testing.assert_close(kernels.gelu_tanh(x), F.gelu(x, approximate="tanh"), rtol=0, atol=0)
+    h = kernels.gelu_tanh(x.half())  # no float16 kernel: torch's
+    assert h.dtype == torch.float16 and not calls
+    kernels.gelu_tanh(x.t())  # any layout: the op makes it contiguous
+    assert len(calls) == 1
+
+
+def test_gelu_tanh_backward_rejects_what_it_cannot_do(gemv) -> None:
+    backward = torch.ops.gpt2_kernels.gelu_tanh_backward
+    x = torch.randn(4, 16)
+    with pytest.raises(RuntimeError, match="dtype and shape"):
+        backward(x.bfloat16(), x)
+    with pytest.raises(RuntimeError, match="dtype and shape"):
+        backward(torch.randn(4, 15), x)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        torch.ops.gpt2_kernels.gelu_tanh(x.double())

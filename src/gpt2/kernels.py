@@ -1,5 +1,5 @@
-"""The project's CPU kernels (csrc/*.cpp, one library built on first use): decoding's matrix-vector product and
-training's softmax cross-entropy.
+"""The project's CPU kernels (csrc/*.cpp, one library built on first use): decoding's matrix-vector product,
+training's softmax cross-entropy and GPT-2's GELU.
 
 Decoding reads every weight once per token, so batch-1 speed is memory bandwidth. torch's matmul for a single
 row reads GPT-2's matrices at ~18 GB/s (MKL, float32) and ~24 GB/s (oneDNN, bfloat16) on a 2-core machine where
@@ -9,6 +9,8 @@ a plain streaming loop reaches ~40-45; csrc/gemv.cpp is that loop (benchmarks/be
 registers; elsewhere (more rows, a GPU, no kernel) the weights are dequantised for torch's matmul.
 `softmax_xent_kernel` is csrc/cross_entropy.cpp's op, which gpt2.fused_loss uses to turn a chunk of logits into
 the loss and its gradient in one pass over memory per row (torch's ops walk the chunk about ten times).
+`gelu_tanh` is GPT-2's activation (the tanh approximation) and its gradient, csrc/gelu.cpp: one pass over memory
+where torch's CPU kernel for approximate="tanh" computes slowly (~6x its erf GELU's time on an AVX-512 CPU).
 
 The library is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
 and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
@@ -110,8 +112,8 @@ def _build() -> Callable[..., torch.Tensor] | None:
         warnings.warn(
             f"gpt2: the CPU kernels could not be built ({reason[:200]}); using torch's matmul, 2-3x slower for "
             "batch-1 float32 decoding, and for int8 weights torch's matmul of dequantised copies, correct but slower "
-            "than float32; training's loss uses torch's ops, correct but slower. Set GPT2_CPU_KERNELS=0 to skip the "
-            "attempt.",
+            "than float32; training's loss and the GELU use torch's ops, correct but slower. Set GPT2_CPU_KERNELS=0 "
+            "to skip the attempt.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -142,10 +144,38 @@ def softmax_xent_kernel() -> Callable[..., torch.Tensor] | None:
     return None if _off or gemv_kernel() is None else torch.ops.gpt2_kernels.softmax_xent_grad_
 
 
+class _GeluTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.ops.gpt2_kernels.gelu_tanh(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.gpt2_kernels.gelu_tanh_backward(grad.to(x.dtype), x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """F.gelu(x, approximate="tanh"), GPT-2's activation, through csrc/gelu.cpp (forward and gradient) for float32
+    and bfloat16 CPU tensors; torch's kernel elsewhere, under torch.compile (which fuses it) and in `disabled()`."""
+    if (
+        not _off
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and not torch.compiler.is_compiling()
+        and gemv_kernel() is not None
+    ):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GeluTanh.apply(x)
+        return torch.ops.gpt2_kernels.gelu_tanh(x)
+    return F.gelu(x, approximate="tanh")
+
+
 @contextmanager
 def disabled() -> Iterator[None]:
-    """Within this block `linear` is torch's F.linear throughout and the fused loss uses torch's ops (for
-    comparisons and debugging)."""
+    """Within this block `linear` is torch's F.linear throughout, `gelu_tanh` torch's F.gelu and the fused loss
+    uses torch's ops (for comparisons and debugging)."""
     global _off
     _off += 1
     try:

@@ -233,7 +233,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2 uses the tanh approximation of GELU ("gelu_new" in Hugging Face's naming).
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(kernels.gelu_tanh(self.c_fc(x))))
 
 
 class Block(nn.Module):
