@@ -37,24 +37,10 @@ import torch
 import gpt2.model
 from gpt2 import GPT, GPTConfig
 from gpt2.devices import bf16_supported, keep_freed_memory
-from gpt2.train import TrainConfig, flops_per_token, make_optimizer
+from gpt2.train import TrainConfig, flops_per_token, make_optimizer, matmul_peak
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> loss; the bench does the rest
-
-
-def peak_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """Best sustained FLOP/s of an n x n matmul in dtype over a few seconds."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def ours(config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True, keep: bool = True) -> tuple:
@@ -173,7 +159,7 @@ def throughput(args: argparse.Namespace) -> None:
         # finished its 35 bfloat16 steps after 26 minutes
         print("bfloat16 left out: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX)")
         args.dtypes = [d for d in args.dtypes if d != "bfloat16"]
-    peaks = {d: peak_flops(torch.float32 if d == "float32" else torch.bfloat16) for d in args.dtypes}
+    peaks = {d: matmul_peak(torch.device("cpu"), getattr(torch, d), seconds=2.0) for d in args.dtypes}  # as gpt2 train
     for d, p in peaks.items():
         print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s, measured here (MFU below is of this, not of a datasheet peak)")
     print(f"{'shape':<18} {'dtype':<9} {'impl':<24} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")

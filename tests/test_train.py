@@ -225,6 +225,18 @@ def test_mfu_never_passes_the_peak_timed_at_a_busier_moment(
         assert expected in capsys.readouterr().out
 
 
+def test_matmul_peak_is_timed_once_and_a_retiming_keeps_the_faster(monkeypatch) -> None:
+    import gpt2.train as train_module
+
+    monkeypatch.setattr(train_module, "_PEAKS", {})
+    cpu = torch.device("cpu")
+    first = train_module.matmul_peak(cpu, torch.float32, seconds=0.05)
+    assert 1e8 < first < 1e14  # FLOP/s of a CPU: more than 0.1 GFLOP/s, less than 100 TFLOP/s
+    assert train_module.matmul_peak(cpu, torch.float32) == first  # cached: not timed again
+    train_module._PEAKS[("cpu", "torch.float32")] = first * 1000  # as if an earlier timing had been faster
+    assert train_module.matmul_peak(cpu, torch.float32, refresh=True, seconds=0.05) == first * 1000
+
+
 def test_fine_tune_checks_vocabulary(data_dir: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     train(TrainConfig(data=str(data_dir), out=str(base), max_steps=4, eval_interval=4, **SMALL), progress=False)

@@ -59,28 +59,29 @@ COMPILE_MIN_SECONDS = 1800.0
 COMPILE_MODES = ("auto", "true", "false")
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype | None, refresh: bool = False) -> float:
-    """This machine's measured matmul FLOP/s in the training dtype: the denominator of MFU. Measured, not the
-    datasheet's peak: a square matmul of the training dtype, timed here, so MFU reads "of what this device's
-    matmul reaches", which is higher than against the hardware's theoretical peak. Timed once per process;
-    refresh=True times it again and keeps the faster of the two (a first timing under load reads low)."""
+def matmul_peak(device: torch.device, dtype: torch.dtype | None, refresh: bool = False, seconds: float = 0.3) -> float:
+    """This machine's measured matmul FLOP/s in the training dtype: the denominator of MFU, here and in
+    benchmarks/bench_train.py. Measured, not the datasheet's peak: the best of groups of four n x n matmuls
+    (n = 2048 on a CPU, 4096 on a GPU) over `seconds`, so MFU reads "of what this device's matmul reaches",
+    which is higher than against the hardware's theoretical peak. Timed once per process; refresh=True times
+    it again and keeps the faster of the two (a first timing under load reads low)."""
     key = (str(device), str(dtype))
     if key not in _PEAKS or refresh:
-        n = 4096 if device.type == "cuda" else 1024
+        n = 4096 if device.type == "cuda" else 2048
         g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: resumed runs must replay it exactly
         a, b = (torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g) for _ in range(2))
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        for _ in range(3):
-            a @ b
+        a @ b
         sync()
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 0.3 or reps < 5:
-            a @ b
-            reps += 1
-            if reps % 5 == 0:
-                sync()
-        sync()
-        _PEAKS[key] = max(_PEAKS.get(key, 0.0), 2 * n**3 * reps / (time.perf_counter() - t0))
+        best, groups, t_end = 0.0, 0, time.perf_counter() + seconds
+        while time.perf_counter() < t_end or groups < 2:
+            t0 = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            sync()
+            best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
+            groups += 1
+        _PEAKS[key] = max(_PEAKS.get(key, 0.0), best)
     return _PEAKS[key]
 
 
