@@ -33,7 +33,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+import gpt2.kernels
 import gpt2.model
 from gpt2 import GPT, GPTConfig
 from gpt2.devices import bf16_supported, keep_freed_memory
@@ -43,10 +45,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> loss; the bench does the rest
 
 
-def ours(config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True, keep: bool = True) -> tuple:
-    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad/keep off measure those pieces."""
+def ours(
+    config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True, keep: bool = True, gelu: bool = True
+) -> tuple:
+    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu off measure those pieces
+    (each contender has a process of its own, so what one turns off stays off only there)."""
     if keep:
         keep_freed_memory()
+    if not gelu:  # torch's GELU in place of csrc/gelu.cpp
+        gpt2.kernels.gelu_tanh = partial(F.gelu, approximate="tanh")
     saved = gpt2.model.PAD_VOCAB_TO
     gpt2.model.PAD_VOCAB_TO = saved if pad else 1
     try:
@@ -135,6 +142,7 @@ def make(impl: str, config: GPTConfig) -> tuple:
         "ours, no padding": partial(ours, config, False, pad=False),
         "ours, neither": partial(ours, config, False, fused=False, pad=False),
         "ours, default allocator": partial(ours, config, False, keep=False),
+        "ours, torch's GELU": partial(ours, config, False, gelu=False),
     }[impl]()
 
 
@@ -166,6 +174,7 @@ def throughput(args: argparse.Namespace) -> None:
     impls = ["ours"]
     if args.ablate:
         impls += ["ours, plain loss", "ours, no padding", "ours, neither", "ours, default allocator"]
+        impls.append("ours, torch's GELU")
     if nano:
         impls.append("nanoGPT")
     if args.compile:
@@ -263,7 +272,7 @@ def main() -> None:
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
     p.add_argument("--steps", type=int, default=5, help="timed rounds (median reported), after two warm-up rounds")
     p.add_argument("--compile", action="store_true", help="also time ours and nanoGPT under torch.compile")
-    p.add_argument("--ablate", action="store_true", help="also time ours without the fused loss and/or padding")
+    p.add_argument("--ablate", action="store_true", help="also time ours without each of its pieces")
     p.add_argument("--transformers", action="store_true", help="also time transformers' GPT2LMHeadModel")
     p.add_argument("--curve", action="store_true", help="compare fp32 and bf16 loss curves instead")
     p.add_argument("--curve-steps", type=int, default=200)
