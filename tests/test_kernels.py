@@ -3,6 +3,7 @@ with it gives the same tokens as without it."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import warnings
@@ -233,3 +234,68 @@ def test_gelu_tanh_backward_rejects_what_it_cannot_do(gemv) -> None:
         backward(torch.randn(4, 15), x)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         torch.ops.gpt2_kernels.gelu_tanh(x.double())
+
+
+@pytest.fixture(scope="module")
+def attention_backward(gemv):
+    """csrc/attention.cpp's op, where this CPU's oneDNN has the bfloat16 micro-kernels it is built on."""
+    if not torch.ops.gpt2_kernels.causal_attention_backward_supported():
+        pytest.skip("this CPU lacks oneDNN's bfloat16 brgemm micro-kernels (AMX): training uses torch's attention")
+    return torch.ops.gpt2_kernels.causal_attention_backward
+
+
+def _sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The model's plain path: torch's scaled_dot_product_attention on the split heads."""
+    B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+
+
+@pytest.mark.parametrize("batch,seq,heads", [(2, 100, 2), (1, 64, 1), (3, 65, 3), (1, 1, 1), (1, 257, 2)])
+def test_causal_attention_backward_is_as_exact_as_torchs(attention_backward, batch, seq, heads) -> None:
+    torch.manual_seed(seq)
+    qkv = torch.randn(batch, seq, 3 * heads * 64).bfloat16()
+    grad = torch.randn(batch, seq, heads * 64).bfloat16()
+    ours, theirs, exact = (qkv.clone().requires_grad_() for _ in range(3))
+    assert kernels.causal_attention_applies(ours, heads)
+    y = kernels.causal_attention(ours, heads)
+    y.backward(grad)
+    y_torch = _sdpa(theirs, heads)
+    y_torch.backward(grad)
+    _sdpa(exact.double(), heads).backward(grad.double())
+    assert torch.equal(y, y_torch)  # the same forward (torch's flash kernel)
+    ours_err, torch_err = ((g.grad.double() - exact.grad).abs() for g in (ours, theirs))
+    # bfloat16 inputs, float32 arithmetic, bfloat16 gradients: within torch's own error, elementwise on average
+    assert ours_err.max() <= 1.25 * torch_err.max() + 1e-3
+    assert ours_err.mean() <= 1.1 * torch_err.mean() + 1e-6
+
+
+def test_training_with_our_attention_backward_matches_torchs(attention_backward) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=300, n_positions=128))
+    x = torch.randint(0, 300, (2, 96))
+    grads = []
+    for off in (False, True):
+        model.zero_grad()
+        with kernels.disabled() if off else contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x[:, :-1], x[:, 1:])[1]
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=0.05, atol=2e-3, msg=name)
+
+
+def test_causal_attention_keeps_torch_where_it_does_not_apply(attention_backward) -> None:
+    qkv = torch.randn(1, 8, 3 * 64)
+    assert not kernels.causal_attention_applies(qkv.requires_grad_(), 1)  # float32
+    bf = qkv.detach().bfloat16()
+    assert not kernels.causal_attention_applies(bf, 1)  # no gradient wanted
+    bf.requires_grad_()
+    assert kernels.causal_attention_applies(bf, 1)
+    assert not kernels.causal_attention_applies(bf, 2)  # heads of 32
+    with kernels.disabled():
+        assert not kernels.causal_attention_applies(bf, 1)
+    with pytest.raises(RuntimeError, match="bfloat16 CPU tensors only"):
+        attention_backward(torch.randn(1, 8, 64), qkv.detach(), torch.randn(1, 8, 64), torch.zeros(1, 1, 8), 0.125)
+    with pytest.raises(RuntimeError, match="lse must be"):
+        attention_backward(bf.new_zeros(1, 8, 64), bf.detach(), bf.new_zeros(1, 8, 64), torch.zeros(1, 8), 0.125)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+ATTENTION_HEAD_DIM = 64  # csrc/attention.cpp's (every GPT-2 size has heads of 64)
 MAX_ROWS = 8  # the float kernel's limit; more rows are a real matmul, where torch's kernels are good
 # int8 weights: up to this many rows (8 at a time) the kernel beats dequantising the weights for torch's matmul
 # (measured on GPT-2's matrices: 4-10x at 8-32 rows, about even at 64, slower from 128): decoding, lookahead,
@@ -170,6 +171,49 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
             return _GeluTanh.apply(x)
         return torch.ops.gpt2_kernels.gelu_tanh(x)
     return F.gelu(x, approximate="tanh")
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Causal self-attention of the fused projection's output: torch's CPU flash forward, csrc/attention.cpp's
+    backward (which writes the gradient of qkv whole, with no split, transpose or concatenation between)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
+        y = out.transpose(1, 2).reshape(B, T, C)
+        ctx.save_for_backward(qkv, y, lse)
+        return y
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_y: torch.Tensor) -> tuple:
+        qkv, y, lse = ctx.saved_tensors
+        scale = ATTENTION_HEAD_DIM**-0.5  # torch's default, the forward's
+        return torch.ops.gpt2_kernels.causal_attention_backward(grad_y.to(qkv.dtype), qkv, y, lse, scale), None
+
+
+def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
+    """Whether `causal_attention` takes this fused projection output: training (a gradient wanted) in bfloat16
+    on a CPU whose oneDNN has the bfloat16 micro-kernels (AMX Xeons), heads of 64, the library built."""
+    return (
+        not _off
+        and qkv.device.type == "cpu"
+        and qkv.dtype == torch.bfloat16
+        and qkv.dim() == 3
+        and qkv.shape[2] == 3 * n_head * ATTENTION_HEAD_DIM
+        and torch.is_grad_enabled()
+        and qkv.requires_grad
+        and not torch.compiler.is_compiling()
+        and gemv_kernel() is not None
+        and torch.ops.gpt2_kernels.causal_attention_backward_supported()
+    )
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Causal self-attention (no dropout) of qkv (B, T, 3C: queries, keys, values) -> (B, T, C), where
+    `causal_attention_applies`: torch's flash forward, and a backward through csrc/attention.cpp."""
+    return _CausalAttention.apply(qkv, n_head)
 
 
 @contextmanager

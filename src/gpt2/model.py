@@ -208,7 +208,11 @@ class CausalSelfAttention(nn.Module):
         self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        qkv = self.c_attn(x)
+        plain_causal = cache is None and attn_mask is None and T > 1 and not (self.training and self.dropout > 0)
+        if plain_causal and kernels.causal_attention_applies(qkv, self.n_head):  # bf16 training on AMX CPUs
+            return self.resid_dropout(self.c_proj(kernels.causal_attention(qkv, self.n_head)))
+        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:  # append this step's keys/values, then attend over everything so far
             k, v = cache.update(self.layer, k, v)

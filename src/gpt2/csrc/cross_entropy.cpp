@@ -28,11 +28,6 @@ inline float hmax(v16 v) {
   for (int k = 1; k < L; ++k) m = v[k] > m ? v[k] : m;
   return m;
 }
-inline float hsum(v16 v) {
-  float s = 0.f;
-  for (int k = 0; k < L; ++k) s += v[k];
-  return s;
-}
 
 // One row: x (vocab_size real columns, then padding up to `padded`) becomes its gradient; returns its loss.
 // e is float32 scratch for exp(x - max), x itself where x is float32.

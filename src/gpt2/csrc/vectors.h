@@ -34,6 +34,11 @@ inline v16 load(const float* p) {
 }
 
 inline v16 splat(float f) { return v16{} + f; }
+inline float hsum(v16 v) {
+  float s = 0.f;
+  for (int k = 0; k < L; ++k) s += v[k];
+  return s;
+}
 
 // Loads and stores of 16 elements, float32 or bfloat16 (bfloat16 is float32's top half: widening is a shift).
 inline v16 load(const c10::BFloat16* p) {
