@@ -9,8 +9,9 @@
 //   dV_j = P^T dO, dK_j = dS^T Q                     (64 x 64, summed over the queries: one long product each)
 //   dQ += dS K_j
 // The products are oneDNN's batch-reduce GEMM micro-kernels through torch (at::native::cpublas::brgemm, the
-// building block of torch's own CPU flash-attention forward), which run on AMX tiles where the CPU has them; B
-// operands are packed to its pair-interleaved (VNNI) layout first. lse is the forward's log-sum-exp of the
+// building block of torch's own CPU flash-attention forward), which run on AMX tiles where the CPU has them; their
+// B operands are written in its pair-interleaved (VNNI) layout as they are made. The queries go through in chunks
+// of 128, so that their float32 scores stay in the core's cache. lse is the forward's log-sum-exp of the
 // scaled scores (torch's flash forward returns it), so P is recomputed exactly as the forward made it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,35 +33,68 @@ constexpr int64_t KB = 64;  // keys per block: the widest B operand the micro-ke
 
 bool supported() { return blas::could_pack(at::kBFloat16); }
 
-// B (k x n, row stride ld) packed for brgemm; n <= 64
-void pack(const bf16* b, int64_t k, int64_t n, int64_t ld, bf16* out) {
-  blas::pack(k, n, ld, n, at::kBFloat16, at::kBFloat16, b, out);
-}
-
 // C (m x n, float32, row stride n) = or += A (m x k, bfloat16, row stride lda) times packed B
 void gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b_packed, float* c, bool add) {
   blas::brgemm(m, n, k, lda, n, n, add, a, b_packed, c, true);
 }
 
-// One head: q, k, v, o, g point at its first row (row stride ld in elements), lse at its T log-sum-exps; dq, dk,
-// dv at its first row of the output (row stride ld). Tp is T rounded up to a block; the scratch buffers hold Tp
-// rows, the padding rows zero (their queries take no part: P = dS = 0 there).
+typedef uint16_t u16x32 __attribute__((vector_size(64)));
+
+// Two rows of 16 bfloat16 values (bits) interleaved element by element: the layout the micro-kernel's B operand
+// wants (VNNI: row pairs side by side, [k / 2][n][k % 2]), written as the rows are made, with no packing pass.
+inline void store_pair(uint16_t* out, u16x16 a, u16x16 b) {
+  const u16x32 ab = __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9,
+                                            25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  std::memcpy(out, &ab, sizeof ab);
+}
+inline u16x16 load_bits(const bf16* p) {
+  u16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  return h;
+}
+
+constexpr int64_t CHUNK = 128;  // queries whose scores are in flight at once (their float32 rows stay in L1/L2)
+
+// The working memory of one core: a head's rows (Tp of them: T rounded up to a block, the padding rows zero;
+// their queries take no part, P = dS = 0 there).
 struct Scratch {
   explicit Scratch(int64_t tp)
-      : q(tp * D), k(tp * D), v(tp * D), dO(tp * D), qt(D * tp), dot(D * tp), kt(D * tp), vt(D * tp), p(tp * KB), ds(tp * KB),
-        p_packed(tp * KB + 64), ds_packed(tp * KB + 64), s(tp * KB), dp(tp * KB), dq(tp * D), delta(tp), lse(tp),
-        bkt(D * KB), bvt(D * KB), bk(KB * D), dkt(D * KB), dvt(D * KB), dk_rows(KB * D), dv_rows(KB * D) {}
-  std::vector<bf16> q, k, v, dO, qt, dot, kt, vt, p, ds, p_packed, ds_packed;
+      : q(tp * D), k(tp * D), v(tp * D), dO(tp * D), qt(D * tp), dot(D * tp), ds(tp * KB), p_vnni(tp * KB),
+        ds_vnni(tp * KB), s(CHUNK * KB), dp(CHUNK * KB), dq(tp * D), delta(tp), lse(tp), bkt(D * KB), bvt(D * KB),
+        bk(KB * D), dkt(D * KB), dvt(D * KB), rows(KB * D) {}
+  std::vector<bf16> q, k, v, dO, qt, dot, ds;
+  std::vector<uint16_t> p_vnni, ds_vnni;
   std::vector<float> s, dp, dq, delta, lse;
-  std::vector<bf16> bkt, bvt, bk;
-  std::vector<float> dkt, dvt, dk_rows, dv_rows;
+  std::vector<uint16_t> bkt, bvt, bk;
+  std::vector<float> dkt, dvt, rows;
 };
 
+// B = X_j^T (D x 64 keys) in VNNI layout from the key rows of X: element (d, n) at [d / 2][n][d % 2], which is
+// X_j's rows read as pairs of bfloat16: a transpose of 32-bit units.
+void pack_transposed(const bf16* x, uint16_t* out) {
+  uint32_t* o = reinterpret_cast<uint32_t*>(out);
+  for (int64_t n = 0; n < KB; ++n) {
+    uint32_t row[D / 2];
+    std::memcpy(row, x + n * D, sizeof row);
+    for (int64_t p = 0; p < D / 2; ++p) o[p * KB + n] = row[p];
+  }
+}
+
+// dK_j or dV_j, computed transposed (D x 64 keys, float32), written as bfloat16 rows (keys) of the output
+void store_transposed(const float* xt, float* rows, bf16* out, int64_t ld, int64_t n) {
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t c = 0; c < KB; ++c) rows[c * D + d] = xt[d * KB + c];
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t d = 0; d < D; d += L) store(out + c * ld + d, load(rows + c * D + d));
+}
+
+// One head: q, k, v (row stride ld), o and g (the output and its gradient, row stride ld_o), lse; writes dq, dk,
+// dv (row stride ld).
 void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* g, const float* lse,
                    bf16* dq, bf16* dk, bf16* dv, int64_t T, int64_t ld, int64_t ld_o, float scale, Scratch& w) {
   const int64_t tp = w.delta.size();
-  // gather this head's rows (zero past T) and D = rowsum(dO * O), a block of 64 rows at a time, and write their
-  // transposes from that block while it is in the L1 cache (a row-by-row transpose wrote a cache line per element)
+  // gather the rows (zero past T) and D = rowsum(dO * O), a block of 64 rows at a time, and write the transposes
+  // of Q and dO from that block while it is in the L1 cache
   for (int64_t t0 = 0; t0 < tp; t0 += KB) {
     for (int64_t t = t0; t < t0 + KB; ++t) {
       if (t >= T) {  // padding
@@ -81,51 +115,56 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
       for (int64_t t = t0; t < t0 + KB; ++t) {
         w.qt[d * tp + t] = w.q[t * D + d];
         w.dot[d * tp + t] = w.dO[t * D + d];
-        w.kt[d * tp + t] = w.k[t * D + d];
-        w.vt[d * tp + t] = w.v[t * D + d];
       }
   }
   const v16 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const bf16* bkt = reinterpret_cast<const bf16*>(w.bkt.data());
+  const bf16* bvt = reinterpret_cast<const bf16*>(w.bvt.data());
+  const bf16* bk = reinterpret_cast<const bf16*>(w.bk.data());
   for (int64_t kb = 0; kb < tp; kb += KB) {
     const int64_t rows = tp - kb;  // the queries at or after this block's first key
-    pack(w.kt.data() + kb, D, KB, tp, w.bkt.data());
-    pack(w.vt.data() + kb, D, KB, tp, w.bvt.data());
-    pack(w.k.data() + kb * D, KB, D, D, w.bk.data());
-    gemm(rows, KB, D, w.q.data() + kb * D, D, w.bkt.data(), w.s.data(), false);
-    gemm(rows, KB, D, w.dO.data() + kb * D, D, w.bvt.data(), w.dp.data(), false);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t t = kb + r;  // the query
-      const float* s = w.s.data() + r * KB;
-      const float* dp = w.dp.data() + r * KB;
-      bf16* p = w.p.data() + r * KB;
-      bf16* ds = w.ds.data() + r * KB;
-      const v16 lse_v = splat(w.lse[t]), delta_v = splat(w.delta[t]);
-      const bool real = t < T;
-      for (int64_t c = 0; c < KB; c += L) {
-        v16 pv = vexp(load(s + c) * scale - lse_v);  // S * scale <= lse: the argument is never positive
-        // keys after the query (the causal mask: only in the diagonal block), padding queries: nothing
-        pv = (real && r < KB) ? ((iota + static_cast<float>(c)) > static_cast<float>(r) ? splat(0.f) : pv)
-                              : (real ? pv : splat(0.f));
-        store(p + c, pv);
-        store(ds + c, pv * (load(dp + c) - delta_v) * scale);
+    pack_transposed(w.k.data() + kb * D, w.bkt.data());
+    pack_transposed(w.v.data() + kb * D, w.bvt.data());
+    for (int64_t n = 0; n < KB; n += 2)  // K_j as the B of dS K_j: key rows in pairs
+      for (int64_t d = 0; d < D; d += L)
+        store_pair(w.bk.data() + n * D + 2 * d, load_bits(w.k.data() + (kb + n) * D + d),
+                   load_bits(w.k.data() + (kb + n + 1) * D + d));
+    for (int64_t r0 = 0; r0 < rows; r0 += CHUNK) {
+      const int64_t m = std::min(CHUNK, rows - r0), q0 = kb + r0;
+      gemm(m, KB, D, w.q.data() + q0 * D, D, bkt, w.s.data(), false);   // S
+      gemm(m, KB, D, w.dO.data() + q0 * D, D, bvt, w.dp.data(), false);  // dP
+      for (int64_t r = 0; r < m; r += 2) {
+        u16x16 p_bits[2][KB / L], ds_bits[2][KB / L];
+        for (int64_t h = 0; h < 2; ++h) {
+          const int64_t t = q0 + r + h, diag = t - kb;  // the query; keys past `diag` come after it
+          const float* s = w.s.data() + (r + h) * KB;
+          const float* dp = w.dp.data() + (r + h) * KB;
+          const v16 lse_v = splat(w.lse[t]), delta_v = splat(w.delta[t]);
+          const bool real = t < T;
+          for (int64_t c = 0; c < KB; c += L) {
+            v16 pv = vexp(load(s + c) * scale - lse_v);  // S * scale <= lse: never a positive argument
+            if (!real) pv = splat(0.f);
+            if (diag < KB) pv = (iota + static_cast<float>(c)) > static_cast<float>(diag) ? splat(0.f) : pv;
+            const v16 dsv = pv * (load(dp + c) - delta_v) * scale;
+            p_bits[h][c / L] = to_bf16(pv);
+            ds_bits[h][c / L] = to_bf16(dsv);
+            std::memcpy(w.ds.data() + (r0 + r + h) * KB + c, &ds_bits[h][c / L], sizeof(u16x16));
+          }
+        }
+        for (int64_t c = 0; c < KB; c += L) {
+          store_pair(w.p_vnni.data() + (r0 + r) * KB + 2 * c, p_bits[0][c / L], p_bits[1][c / L]);
+          store_pair(w.ds_vnni.data() + (r0 + r) * KB + 2 * c, ds_bits[0][c / L], ds_bits[1][c / L]);
+        }
       }
+      gemm(m, D, KB, w.ds.data() + r0 * KB, KB, bk, w.dq.data() + q0 * D, kb > 0);  // dQ += dS K_j
     }
-    pack(w.p.data(), rows, KB, KB, w.p_packed.data());
-    pack(w.ds.data(), rows, KB, KB, w.ds_packed.data());
-    gemm(D, KB, rows, w.dot.data() + kb, tp, w.p_packed.data(), w.dvt.data(), false);  // dV_j^T = dO^T P
-    gemm(D, KB, rows, w.qt.data() + kb, tp, w.ds_packed.data(), w.dkt.data(), false);  // dK_j^T = Q^T dS
-    gemm(rows, D, KB, w.ds.data(), KB, w.bk.data(), w.dq.data() + kb * D, kb > 0);     // dQ += dS K_j
-    // dK_j, dV_j: transposed back in the L1 cache, then a row (key) at a time
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t c = 0; c < KB; ++c) {
-        w.dk_rows[c * D + d] = w.dkt[d * KB + c];
-        w.dv_rows[c * D + d] = w.dvt[d * KB + c];
-      }
-    for (int64_t c = 0; c < KB && kb + c < T; ++c)
-      for (int64_t d = 0; d < D; d += L) {
-        store(dk + (kb + c) * ld + d, load(w.dk_rows.data() + c * D + d));
-        store(dv + (kb + c) * ld + d, load(w.dv_rows.data() + c * D + d));
-      }
+    const auto* p_vnni = reinterpret_cast<const bf16*>(w.p_vnni.data());
+    const auto* ds_vnni = reinterpret_cast<const bf16*>(w.ds_vnni.data());
+    gemm(D, KB, rows, w.dot.data() + kb, tp, p_vnni, w.dvt.data(), false);  // dV_j^T = dO^T P
+    gemm(D, KB, rows, w.qt.data() + kb, tp, ds_vnni, w.dkt.data(), false);  // dK_j^T = Q^T dS
+    const int64_t n = std::min(KB, T - kb);
+    store_transposed(w.dkt.data(), w.rows.data(), dk + kb * ld, ld, n);
+    store_transposed(w.dvt.data(), w.rows.data(), dv + kb * ld, ld, n);
   }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < D; d += L) store(dq + t * ld + d, load(w.dq.data() + t * D + d));

@@ -47,12 +47,16 @@ inline v16 load(const c10::BFloat16* p) {
   return bits<v16>(__builtin_convertvector(h, u32x16) << 16);
 }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-inline void store(c10::BFloat16* p, v16 v) {
-  // round to nearest even, as c10::BFloat16 does; NaN becomes the quiet NaN 0x7fc0 (rounding could make it inf)
+// v rounded to bfloat16 (its bits): to nearest even, as c10::BFloat16 does; NaN becomes the quiet NaN 0x7fc0
+// (rounding could make it inf)
+inline u16x16 to_bf16(v16 v) {
   const u32x16 b = bits<u32x16>(v);
   const u32x16 rounded = (b + (((b >> 16) & 1u) + 0x7fffu)) >> 16;
   const u32x16 out = (v != v) ? u32x16{} + 0x7fc0u : rounded;
-  const u16x16 h = __builtin_convertvector(out, u16x16);
+  return __builtin_convertvector(out, u16x16);
+}
+inline void store(c10::BFloat16* p, v16 v) {
+  const u16x16 h = to_bf16(v);
   std::memcpy(p, &h, sizeof h);
 }
 
