@@ -46,14 +46,22 @@ Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets)
 
 
 def ours(
-    config: GPTConfig, compile_model: bool, fused: bool = True, pad: bool = True, keep: bool = True, gelu: bool = True
+    config: GPTConfig,
+    compile_model: bool,
+    fused: bool = True,
+    pad: bool = True,
+    keep: bool = True,
+    gelu: bool = True,
+    attention: bool = True,
 ) -> tuple:
-    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu off measure those pieces
-    (each contender has a process of its own, so what one turns off stays off only there)."""
+    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu/attention off measure those
+    pieces (each contender has a process of its own, so what one turns off stays off only there)."""
     if keep:
         keep_freed_memory()
     if not gelu:  # torch's GELU in place of csrc/gelu.cpp
         gpt2.kernels.gelu_tanh = partial(F.gelu, approximate="tanh")
+    if not attention:  # torch's attention backward in place of csrc/attention.cpp's
+        gpt2.kernels.causal_attention_applies = lambda qkv, n_head: False
     saved = gpt2.model.PAD_VOCAB_TO
     gpt2.model.PAD_VOCAB_TO = saved if pad else 1
     try:
@@ -143,6 +151,7 @@ def make(impl: str, config: GPTConfig) -> tuple:
         "ours, neither": partial(ours, config, False, fused=False, pad=False),
         "ours, default allocator": partial(ours, config, False, keep=False),
         "ours, torch's GELU": partial(ours, config, False, gelu=False),
+        "ours, torch's attention": partial(ours, config, False, attention=False),
     }[impl]()
 
 
@@ -174,7 +183,7 @@ def throughput(args: argparse.Namespace) -> None:
     impls = ["ours"]
     if args.ablate:
         impls += ["ours, plain loss", "ours, no padding", "ours, neither", "ours, default allocator"]
-        impls.append("ours, torch's GELU")
+        impls += ["ours, torch's GELU", "ours, torch's attention"]
     if nano:
         impls.append("nanoGPT")
     if args.compile:
