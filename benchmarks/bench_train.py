@@ -148,7 +148,6 @@ def make(impl: str, config: GPTConfig) -> tuple:
         "ours+compile": partial(ours, config, True),
         "ours, plain loss": partial(ours, config, False, fused=False),
         "ours, no padding": partial(ours, config, False, pad=False),
-        "ours, neither": partial(ours, config, False, fused=False, pad=False),
         "ours, default allocator": partial(ours, config, False, keep=False),
         "ours, torch's GELU": partial(ours, config, False, gelu=False),
         "ours, torch's attention": partial(ours, config, False, attention=False),
@@ -182,7 +181,7 @@ def throughput(args: argparse.Namespace) -> None:
     print(f"{'shape':<18} {'dtype':<9} {'impl':<24} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
     impls = ["ours"]
     if args.ablate:
-        impls += ["ours, plain loss", "ours, no padding", "ours, neither", "ours, default allocator"]
+        impls += ["ours, plain loss", "ours, no padding", "ours, default allocator"]
         impls += ["ours, torch's GELU", "ours, torch's attention"]
     if nano:
         impls.append("nanoGPT")
@@ -206,9 +205,16 @@ def throughput(args: argparse.Namespace) -> None:
                 mine.recv()
                 pipes[impl] = mine
 
-            def step(impl: str, pipes: dict[str, Connection] = pipes) -> float:
-                pipes[impl].send(True)
-                return pipes[impl].recv()
+            def step(impl: str, pipes: dict[str, Connection] = pipes, where: str = f"{name} {batch}x{seq}") -> float:
+                try:
+                    pipes[impl].send(True)
+                    return pipes[impl].recv()
+                except (BrokenPipeError, EOFError):
+                    raise SystemExit(
+                        f"bench_train: the {impl!r} process died at {where} (out of memory? every "
+                        "contender holds its own model, optimizer and activations at once: time fewer of them, "
+                        "e.g. without --ablate, at the larger shapes)"
+                    ) from None
 
             # the first step (compiling, where there is one) and one more warm-up, each contender in turn
             first = {impl: step(impl) for impl in impls}

@@ -1,9 +1,9 @@
 // The backward pass of causal self-attention for training on the CPU, bfloat16, head dimension 64: the gradients
 // of the queries, keys and values, written straight into the gradient of the fused q/k/v projection's output.
 //
-// torch's CPU flash-attention backward took 17.7 ms per GPT-2 124M layer at 1 x 1024 tokens on a 2-core AMX
-// Xeon (its forward: 5.3 ms), a sixth of the training step. Here each head runs on one core, one block of 64 keys
-// at a time against every query at or after it (the causal mask's other half is never computed):
+// torch's CPU flash-attention backward took 18-20 ms per GPT-2 124M layer at 1 x 1024 tokens on a 2-core AMX
+// Xeon (its forward: 4-5 ms), a sixth of the training step; this one 8.8 ms. Each head runs on one core, a block
+// of 64 keys at a time against every query at or after it (the causal mask's other half is never computed):
 //   S = Q K_j^T, dP = dO V_j^T                      (queries x 64, float32)
 //   P = exp(S * scale - lse), dS = P (dP - D) scale   (D = rowsum(dO * O); one pass, bfloat16 out)
 //   dV_j = P^T dO, dK_j = dS^T Q                     (64 x 64, summed over the queries: one long product each)
@@ -31,8 +31,6 @@ namespace blas = at::native::cpublas;
 constexpr int64_t D = 64;   // head dimension (every GPT-2 size has 64)
 constexpr int64_t KB = 64;  // keys per block: the widest B operand the micro-kernel's packing takes
 
-bool supported() { return blas::could_pack(at::kBFloat16); }
-
 // C (m x n, float32, row stride n) = or += A (m x k, bfloat16, row stride lda) times packed B
 void gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b_packed, float* c, bool add) {
   blas::brgemm(m, n, k, lda, n, n, add, a, b_packed, c, true);
@@ -51,6 +49,25 @@ inline u16x16 load_bits(const bf16* p) {
   u16x16 h;
   std::memcpy(&h, p, sizeof h);
   return h;
+}
+
+// Whether this CPU has the micro-kernels (oneDNN's bfloat16 brgemm needs AMX) and their packed B layout is the
+// one written here (checked once against torch's own packing, so that a oneDNN with another layout falls back to
+// torch's attention instead of giving wrong gradients).
+bool supported() {
+  if (!blas::could_pack(at::kBFloat16)) return false;
+  static const bool same_layout = [] {
+    std::vector<bf16> b(KB * D);
+    for (int64_t i = 0; i < KB * D; ++i) b[i] = bf16(static_cast<float>(i % 251) - 125.f);  // exact in bfloat16
+    std::vector<bf16> theirs(KB * D + 64);  // torch's packing may write a little past the matrix
+    blas::pack(KB, D, D, D, at::kBFloat16, at::kBFloat16, b.data(), theirs.data());
+    std::vector<uint16_t> ours(KB * D);
+    for (int64_t n = 0; n < KB; n += 2)
+      for (int64_t d = 0; d < D; d += L)
+        store_pair(ours.data() + n * D + 2 * d, load_bits(b.data() + n * D + d), load_bits(b.data() + (n + 1) * D + d));
+    return std::memcmp(ours.data(), theirs.data(), KB * D * sizeof(bf16)) == 0;
+  }();
+  return same_layout;
 }
 
 constexpr int64_t CHUNK = 128;  // queries whose scores are in flight at once (their float32 rows stay in L1/L2)
