@@ -207,6 +207,7 @@ def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
         and torch.is_grad_enabled()
         and qkv.requires_grad
         and not torch.compiler.is_compiling()
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")  # the forward's (and its lse)
         and gemv_kernel() is not None
         and torch.ops.gpt2_kernels.causal_attention_backward_supported()
     )
