@@ -12,7 +12,8 @@ the loss and its gradient in one pass over memory per row (torch's ops walk the 
 `gelu_tanh` is GPT-2's activation (the tanh approximation) and its gradient, csrc/gelu.cpp: one pass over memory
 where torch's CPU kernel for approximate="tanh" computes slowly (~6x its erf GELU's time on an AVX-512 CPU).
 `causal_attention` trains in bfloat16 on CPUs whose oneDNN has the bfloat16 micro-kernels (AMX): torch's flash
-forward, and csrc/attention.cpp's backward, ~2.2x faster than torch's at GPT-2's shapes.
+forward, and csrc/attention.cpp's backward, 2.2x faster than torch's (a 124M layer at 1 x 1024 tokens, 8.8
+against 19.4 ms on a 2-core AMX Xeon).
 
 The library is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
 and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
