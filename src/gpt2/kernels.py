@@ -141,6 +141,12 @@ def gemv_int8_kernel() -> Callable[..., torch.Tensor] | None:
     return None if gemv_kernel() is None else torch.ops.gpt2_kernels.gemv_int8
 
 
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """What every kernel entry point asks first: a CPU tensor, outside `disabled()` and torch.compile's tracing
+    (which traces torch's ops in their place)."""
+    return not _off and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def softmax_xent_kernel() -> Callable[..., torch.Tensor] | None:
     """The compiled op `softmax_xent_grad_(logits, targets, row_scale, vocab_size) -> loss per row`
     (csrc/cross_entropy.cpp, built with `gemv`) that gpt2.fused_loss uses on the CPU; None where it cannot be
@@ -163,13 +169,7 @@ class _GeluTanh(torch.autograd.Function):
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """F.gelu(x, approximate="tanh"), GPT-2's activation, through csrc/gelu.cpp (forward and gradient) for float32
     and bfloat16 CPU tensors; torch's kernel elsewhere, under torch.compile (which fuses it) and in `disabled()`."""
-    if (
-        not _off
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and not torch.compiler.is_compiling()
-        and gemv_kernel() is not None
-    ):
+    if _eager_cpu(x) and x.dtype in (torch.float32, torch.bfloat16) and gemv_kernel() is not None:
         if torch.is_grad_enabled() and x.requires_grad:
             return _GeluTanh.apply(x)
         return torch.ops.gpt2_kernels.gelu_tanh(x)
@@ -200,14 +200,12 @@ def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
     """Whether `causal_attention` takes this fused projection output: training (a gradient wanted) in bfloat16
     on a CPU whose oneDNN has the bfloat16 micro-kernels (AMX Xeons), heads of 64, the library built."""
     return (
-        not _off
-        and qkv.device.type == "cpu"
+        _eager_cpu(qkv)
         and qkv.dtype == torch.bfloat16
         and qkv.dim() == 3
         and qkv.shape[2] == 3 * n_head * ATTENTION_HEAD_DIM
         and torch.is_grad_enabled()
         and qkv.requires_grad
-        and not torch.compiler.is_compiling()
         and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")  # the forward's (and its lse)
         and gemv_kernel() is not None
         and torch.ops.gpt2_kernels.causal_attention_backward_supported()
@@ -236,14 +234,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias), through the kernel when x is a few rows (FAST_ROWS) on the CPU, the weight a
     contiguous (out, in) matrix, both float32 or both bfloat16, and no gradient is wanted (decoding's products)."""
     if (
-        not _off
-        and x.device.type == "cpu"
+        _eager_cpu(x)
         and x.dtype in FAST_ROWS
         and weight.dtype == x.dtype
         and 0 < x.numel() <= FAST_ROWS[x.dtype] * weight.shape[1]
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.compiler.is_compiling()
     ):
         gemv = gemv_kernel()
         if gemv is not None:
@@ -265,12 +261,10 @@ def linear_int8(
     where the matmul's compute outweighs the copy; torch's own int8 matmul, aten._weight_int8pack_mm, measured
     2-30x slower on a CPU of an earlier session)."""
     if (
-        not _off
-        and x.device.type == "cpu"
+        _eager_cpu(x)
         and x.dtype in FAST_ROWS
         and 0 < x.numel() <= INT8_KERNEL_ROWS * weight.shape[1]
         and weight.is_contiguous()
-        and not torch.compiler.is_compiling()
     ):
         gemv_int8 = gemv_int8_kernel()
         if gemv_int8 is not None:
