@@ -51,6 +51,13 @@ inline u16x16 load_bits(const bf16* p) {
   return h;
 }
 
+// B = X_j (64 key rows x D) in VNNI layout: the key rows in pairs, interleaved
+void pack_rows(const bf16* x, uint16_t* out) {
+  for (int64_t n = 0; n < KB; n += 2)
+    for (int64_t d = 0; d < D; d += L)
+      store_pair(out + n * D + 2 * d, load_bits(x + n * D + d), load_bits(x + (n + 1) * D + d));
+}
+
 // Whether this CPU has the micro-kernels (oneDNN's bfloat16 brgemm needs AMX) and their packed B layout is the
 // one written here (checked once against torch's own packing, so that a oneDNN with another layout falls back to
 // torch's attention instead of giving wrong gradients).
@@ -62,9 +69,7 @@ bool supported() {
     std::vector<bf16> theirs(KB * D + 64);  // torch's packing may write a little past the matrix
     blas::pack(KB, D, D, D, at::kBFloat16, at::kBFloat16, b.data(), theirs.data());
     std::vector<uint16_t> ours(KB * D);
-    for (int64_t n = 0; n < KB; n += 2)
-      for (int64_t d = 0; d < D; d += L)
-        store_pair(ours.data() + n * D + 2 * d, load_bits(b.data() + n * D + d), load_bits(b.data() + (n + 1) * D + d));
+    pack_rows(b.data(), ours.data());
     return std::memcmp(ours.data(), theirs.data(), KB * D * sizeof(bf16)) == 0;
   }();
   return same_layout;
@@ -142,10 +147,7 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
     const int64_t rows = tp - kb;  // the queries at or after this block's first key
     pack_transposed(w.k.data() + kb * D, w.bkt.data());
     pack_transposed(w.v.data() + kb * D, w.bvt.data());
-    for (int64_t n = 0; n < KB; n += 2)  // K_j as the B of dS K_j: key rows in pairs
-      for (int64_t d = 0; d < D; d += L)
-        store_pair(w.bk.data() + n * D + 2 * d, load_bits(w.k.data() + (kb + n) * D + d),
-                   load_bits(w.k.data() + (kb + n + 1) * D + d));
+    pack_rows(w.k.data() + kb * D, w.bk.data());  // K_j as the B of dS K_j
     for (int64_t r0 = 0; r0 < rows; r0 += CHUNK) {
       const int64_t m = std::min(CHUNK, rows - r0), q0 = kb + r0;
       gemm(m, KB, D, w.q.data() + q0 * D, D, bkt, w.s.data(), false);   // S
