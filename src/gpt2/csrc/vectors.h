@@ -1,7 +1,8 @@
 // What the kernels in csrc/ share: 16 floats (or 16 32-bit integers) as one vector value, with GCC/Clang's
 // vector extension, so that the sources stay free of per-ISA intrinsics where the compiler does well: one
 // AVX-512 register where the CPU has them, two AVX2 or four NEON registers elsewhere. Also their loads and stores
-// in float32 and bfloat16, and exp: what the elementwise kernels (cross_entropy.cpp, gelu.cpp) are made of.
+// in float32 and bfloat16, and exp: what the elementwise work of cross_entropy.cpp, gelu.cpp and attention.cpp is
+// made of.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -75,8 +76,9 @@ inline void store_part(T* p, v16 v, int64_t n) {
   for (int64_t k = 0; k < n; ++k) p[k] = tmp[k];
 }
 
-// exp(x) for x <= 0 (x - max, here), after Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6
-// polynomial (relative error about 2e-7, as exact as float32's own rounding allows up to an ulp or two), times 2^n.
+// exp(x) for x <= 0 (the loss's x - max, GELU's -|z|, attention's S * scale - lse), after Cephes' expf:
+// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6 polynomial (relative error about 2e-7, as exact as
+// float32's own rounding allows up to an ulp or two), times 2^n.
 // x is clamped at -104, below which exp rounds to 0 in float32; 2^n is applied as two factors 2^(n/2) so that
 // results down to the subnormals come out right (and not as garbage exponent bits). NaN stays NaN.
 inline v16 vexp(v16 x) {
