@@ -36,17 +36,18 @@ void gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf1
   blas::brgemm(m, n, k, lda, n, n, add, a, b_packed, c, true);
 }
 
-typedef uint16_t u16x32 __attribute__((vector_size(64)));
+typedef uint16_t vh2 __attribute__((vector_size(4 * L)));  // two vh side by side
 
-// Two rows of 16 bfloat16 values (bits) interleaved element by element: the layout the micro-kernel's B operand
+// Two rows of L bfloat16 values (bits) interleaved element by element: the layout the micro-kernel's B operand
 // wants (VNNI: row pairs side by side, [k / 2][n][k % 2]), written as the rows are made, with no packing pass.
-inline void store_pair(uint16_t* out, u16x16 a, u16x16 b) {
-  const u16x32 ab = __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9,
-                                            25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+template <std::size_t... I>
+inline void store_pair(uint16_t* out, vh a, vh b, std::index_sequence<I...>) {
+  const vh2 ab = __builtin_shufflevector(a, b, (I % 2 ? L + I / 2 : I / 2)...);
   std::memcpy(out, &ab, sizeof ab);
 }
-inline u16x16 load_bits(const bf16* p) {
-  u16x16 h;
+inline void store_pair(uint16_t* out, vh a, vh b) { store_pair(out, a, b, std::make_index_sequence<2 * L>()); }
+inline vh load_bits(const bf16* p) {
+  vh h;
   std::memcpy(&h, p, sizeof h);
   return h;
 }
@@ -128,7 +129,7 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
       std::memcpy(w.k.data() + t * D, k + t * ld, D * sizeof(bf16));
       std::memcpy(w.v.data() + t * D, v + t * ld, D * sizeof(bf16));
       std::memcpy(w.dO.data() + t * D, g + t * ld_o, D * sizeof(bf16));
-      v16 delta{};
+      vf delta{};
       for (int64_t d = 0; d < D; d += L) delta += load(g + t * ld_o + d) * load(o + t * ld_o + d);
       w.delta[t] = hsum(delta);
       w.lse[t] = lse[t];
@@ -139,7 +140,6 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
         w.dot[d * tp + t] = w.dO[t * D + d];
       }
   }
-  const v16 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const bf16* bkt = reinterpret_cast<const bf16*>(w.bkt.data());
   const bf16* bvt = reinterpret_cast<const bf16*>(w.bvt.data());
   const bf16* bk = reinterpret_cast<const bf16*>(w.bk.data());
@@ -153,21 +153,21 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
       gemm(m, KB, D, w.q.data() + q0 * D, D, bkt, w.s.data(), false);   // S
       gemm(m, KB, D, w.dO.data() + q0 * D, D, bvt, w.dp.data(), false);  // dP
       for (int64_t r = 0; r < m; r += 2) {
-        u16x16 p_bits[2][KB / L], ds_bits[2][KB / L];
+        vh p_bits[2][KB / L], ds_bits[2][KB / L];
         for (int64_t h = 0; h < 2; ++h) {
           const int64_t t = q0 + r + h, diag = t - kb;  // the query; keys past `diag` come after it
           const float* s = w.s.data() + (r + h) * KB;
           const float* dp = w.dp.data() + (r + h) * KB;
-          const v16 lse_v = splat(w.lse[t]), delta_v = splat(w.delta[t]);
+          const vf lse_v = splat(w.lse[t]), delta_v = splat(w.delta[t]);
           const bool real = t < T;
           for (int64_t c = 0; c < KB; c += L) {
-            v16 pv = vexp(load(s + c) * scale - lse_v);  // S * scale <= lse: never a positive argument
+            vf pv = vexp(load(s + c) * scale - lse_v);  // S * scale <= lse: never a positive argument
             if (!real) pv = splat(0.f);
-            if (diag < KB) pv = (iota + static_cast<float>(c)) > static_cast<float>(diag) ? splat(0.f) : pv;
-            const v16 dsv = pv * (load(dp + c) - delta_v) * scale;
+            if (diag < KB) pv = (iota() + static_cast<float>(c)) > static_cast<float>(diag) ? splat(0.f) : pv;
+            const vf dsv = pv * (load(dp + c) - delta_v) * scale;
             p_bits[h][c / L] = to_bf16(pv);
             ds_bits[h][c / L] = to_bf16(dsv);
-            std::memcpy(w.ds.data() + (r0 + r + h) * KB + c, &ds_bits[h][c / L], sizeof(u16x16));
+            std::memcpy(w.ds.data() + (r0 + r + h) * KB + c, &ds_bits[h][c / L], sizeof(vh));
           }
         }
         for (int64_t c = 0; c < KB; c += L) {

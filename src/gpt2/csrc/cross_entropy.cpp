@@ -23,7 +23,11 @@
 #include "vectors.h"
 
 namespace {
-inline float hmax(v16 v) {
+// Vectors in flight per step of a row: 32 floats on every CPU, as many partial sums of exp (the sum's rounding
+// does not depend on the vector width) and enough independent chains to hide exp's latency.
+constexpr int64_t U = 32 / L;
+
+inline float hmax(vf v) {
   float m = v[0];
   for (int k = 1; k < L; ++k) m = v[k] > m ? v[k] : m;
   return m;
@@ -39,46 +43,48 @@ float row_xent(T* x, float* e, int64_t vocab, int64_t padded, int64_t target, fl
   }
   const int64_t body = vocab / L * L, tail = vocab - body;
   const float inf = std::numeric_limits<float>::infinity();
-  v16 m0 = splat(-inf), m1 = m0;
+  vf m[U];
+  for (auto& v : m) v = splat(-inf);
   int64_t j = 0;
-  for (; j + 2 * L <= body; j += 2 * L) {
-    const v16 a = load(x + j), b = load(x + j + L);
-    m0 = a > m0 ? a : m0;
-    m1 = b > m1 ? b : m1;
-  }
+  for (; j + U * L <= body; j += U * L)
+    for (int64_t u = 0; u < U; ++u) {
+      const vf a = load(x + j + u * L);
+      m[u] = a > m[u] ? a : m[u];
+    }
   for (; j < body; j += L) {
-    const v16 a = load(x + j);
-    m0 = a > m0 ? a : m0;
+    const vf a = load(x + j);
+    m[0] = a > m[0] ? a : m[0];
   }
   if (tail) {
-    const v16 a = load_part(x + body, tail, -inf);
-    m0 = a > m0 ? a : m0;
+    const vf a = load_part(x + body, tail, -inf);
+    m[0] = a > m[0] ? a : m[0];
   }
-  const float mx = hmax(m0 > m1 ? m0 : m1);
+  for (int64_t u = 1; u < U; ++u) m[0] = m[u] > m[0] ? m[u] : m[0];
+  const float mx = hmax(m[0]);
   const float picked = static_cast<float>(x[target]);  // read before e may overwrite it
-  const v16 mv = splat(mx);
-  v16 s0{}, s1{};
+  const vf mv = splat(mx);
+  vf s[U] = {};
   j = 0;
-  for (; j + 2 * L <= body; j += 2 * L) {
-    const v16 a = vexp(load(x + j) - mv), b = vexp(load(x + j + L) - mv);
-    store(e + j, a);
-    store(e + j + L, b);
-    s0 += a;
-    s1 += b;
-  }
+  for (; j + U * L <= body; j += U * L)
+    for (int64_t u = 0; u < U; ++u) {
+      const vf a = vexp(load(x + j + u * L) - mv);
+      store(e + j + u * L, a);
+      s[u] += a;
+    }
   for (; j < body; j += L) {
-    const v16 a = vexp(load(x + j) - mv);
+    const vf a = vexp(load(x + j) - mv);
     store(e + j, a);
-    s0 += a;
+    s[0] += a;
   }
   if (tail) {  // the fill's exp(-inf) is 0
-    const v16 a = vexp(load_part(x + body, tail, -inf) - mv);
+    const vf a = vexp(load_part(x + body, tail, -inf) - mv);
     store_part(e + body, a, tail);
-    s0 += a;
+    s[0] += a;
   }
-  const float sum = hsum(s0 + s1);
+  for (int64_t u = 1; u < U; ++u) s[0] += s[u];
+  const float sum = hsum(s[0]);
   const float c = scale / sum, et = e[target];  // et: read before the float32 row overwrites it
-  const v16 cv = splat(c);
+  const vf cv = splat(c);
   for (j = 0; j < body; j += L) store(x + j, load(e + j) * cv);
   if (tail) store_part(x + body, load_part(e + body, tail, 0.f) * cv, tail);
   x[target] = static_cast<T>(et * c - scale);  // one rounding of the float32 value, as for the others

@@ -23,22 +23,22 @@ constexpr float kCubic = 0.044715f;
 constexpr int64_t kGrain = 1 << 15;  // elements per task: large enough that a task's start-up cost is noise
 
 struct Sigmoid {
-  v16 s, one_minus_s, dz;  // s(z), 1 - s(z), dz/dx
+  vf s, one_minus_s, dz;  // s(z), 1 - s(z), dz/dx
 };
 
-inline Sigmoid sigmoid_of_gelu(v16 x) {
-  const v16 x2 = x * x;
-  const v16 z = x * (kTwoRoot2OverPi + (kTwoRoot2OverPi * kCubic) * x2);
-  const v16 e = vexp(z < 0 ? z : -z);
-  const v16 r = 1.f / (1.f + e);
-  const v16 er = e * r;
+inline Sigmoid sigmoid_of_gelu(vf x) {
+  const vf x2 = x * x;
+  const vf z = x * (kTwoRoot2OverPi + (kTwoRoot2OverPi * kCubic) * x2);
+  const vf e = vexp(z < 0 ? z : -z);
+  const vf r = 1.f / (1.f + e);
+  const vf er = e * r;
   const auto positive = z >= 0;
   return {positive ? r : er, positive ? er : r, kTwoRoot2OverPi + (3.f * kTwoRoot2OverPi * kCubic) * x2};
 }
 
-inline v16 gelu(v16 x) { return x * sigmoid_of_gelu(x).s; }
+inline vf gelu(vf x) { return x * sigmoid_of_gelu(x).s; }
 
-inline v16 gelu_grad(v16 g, v16 x) {
+inline vf gelu_grad(vf g, vf x) {
   const Sigmoid q = sigmoid_of_gelu(x);
   return g * (q.s + x * q.s * q.one_minus_s * q.dz);
 }
@@ -48,10 +48,10 @@ template <typename T, typename F>
 void elementwise(T* out, const T* a, const T* b, int64_t n, F f) {
   at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
-    for (; i + L <= i1; i += L) store(out + i, f(load(a + i), b ? load(b + i) : v16{}));
+    for (; i + L <= i1; i += L) store(out + i, f(load(a + i), b ? load(b + i) : vf{}));
     if (i < i1) {
       const int64_t k = i1 - i;
-      store_part(out + i, f(load_part(a + i, k, 0.f), b ? load_part(b + i, k, 0.f) : v16{}), k);
+      store_part(out + i, f(load_part(a + i, k, 0.f), b ? load_part(b + i, k, 0.f) : vf{}), k);
     }
   });
 }
@@ -76,7 +76,7 @@ at::Tensor run(const at::Tensor& a, const at::Tensor* b, F f) {
 
 at::Tensor gelu_tanh(const at::Tensor& x) {
   check(x, "gelu_tanh");
-  return run(x, nullptr, [](v16 a, v16) { return gelu(a); });
+  return run(x, nullptr, [](vf a, vf) { return gelu(a); });
 }
 
 at::Tensor gelu_tanh_backward(const at::Tensor& grad, const at::Tensor& x) {
@@ -85,7 +85,7 @@ at::Tensor gelu_tanh_backward(const at::Tensor& grad, const at::Tensor& x) {
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.sizes() == x.sizes(), op,
               ": grad must have x's dtype and shape");
   TORCH_CHECK(grad.device().is_cpu(), op, ": CPU tensors only");
-  return run(grad, &x, [](v16 g, v16 a) { return gelu_grad(g, a); });
+  return run(grad, &x, [](vf g, vf a) { return gelu_grad(g, a); });
 }
 }  // namespace
 

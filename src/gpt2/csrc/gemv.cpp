@@ -20,8 +20,20 @@
 #include "vectors.h"
 
 namespace {
+// The float32 and bfloat16 kernels work in 16-float vectors on every CPU (two AVX2 registers each, where the
+// compiler does well with loads and multiply-adds); their accumulator counts and the interleaving of x for
+// bfloat16 weights were tuned to it. The int8 kernel works in the CPU's own width (vectors.h's vf).
+constexpr int64_t L16 = 16;
+typedef float v16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
 
 // How far ahead of its reads each weight row is prefetched. One core on its own streams memory far below the
 // machine's bandwidth (measured on a 2-core Xeon VM: 6-9 GB/s a core from DRAM for int8 weights, the hardware
@@ -55,12 +67,12 @@ inline void dot_block(const float* w, const float* /*xs: x itself*/, const float
                       int64_t ldy, const float* bias, const float* /*scale*/) {
   v16 acc[M][R] = {};
   int64_t i = 0;
-  for (; i + L <= in; i += L) {
+  for (; i + L16 <= in; i += L16) {
     v16 xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = load(x + m * in + i);
+    for (int m = 0; m < M; ++m) xv[m] = load16(x + m * in + i);
     for (int r = 0; r < R; ++r) {
       prefetch_ahead(w + r * in + i);
-      v16 wv = load(w + r * in + i);
+      v16 wv = load16(w + r * in + i);
       for (int m = 0; m < M; ++m) acc[m][r] += wv * xv[m];
     }
   }
@@ -80,11 +92,11 @@ inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, i
                       const float* bias, const float* /*scale*/) {
   v16 acc[M][R] = {};
   int64_t i = 0;
-  for (; i + 2 * L <= in; i += 2 * L) {
+  for (; i + 2 * L16 <= in; i += 2 * L16) {
     v16 even[M], odd[M];
     for (int m = 0; m < M; ++m) {
-      even[m] = load(xs + m * in + i);
-      odd[m] = load(xs + m * in + i + L);
+      even[m] = load16(xs + m * in + i);
+      odd[m] = load16(xs + m * in + i + L16);
     }
     for (int r = 0; r < R; ++r) {
       prefetch_ahead(w + r * in + i);
@@ -104,39 +116,20 @@ inline void dot_block(const c10::BFloat16* w, const float* xs, const float* x, i
 
 // The same for int8 weights with one float32 scale per weight row (weight-only quantisation), accumulated in
 // float32; the row's scale multiplies the finished dot product once, so a weight costs one byte of reading.
-// QW is the CPU's float vector width (one register per vector); `widen` turns QW int8 weights into QW floats.
+// L is the CPU's float vector width (one register per vector); `widen` turns L int8 weights into L floats.
+inline float qsum(vf v) {
 #if defined(__AVX512F__)
-constexpr int64_t QW = 16;
-#elif defined(__AVX2__)
-constexpr int64_t QW = 8;
+  return sum(v);  // by halves (vf is v16 here)
 #else
-constexpr int64_t QW = 4;
-#endif
-typedef float qf __attribute__((vector_size(4 * QW)));
-typedef int32_t qi __attribute__((vector_size(4 * QW)));
-typedef int8_t qb __attribute__((vector_size(QW)));
-
-inline qf qload(const float* p) {
-  qf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline float qsum(qf v) {
-#if defined(__AVX512F__)
-  return sum(v);  // qf is v16 here
-#else
-  float s = 0.f;
-  for (int64_t k = 0; k < QW; ++k) s += v[k];
-  return s;
+  return hsum(v);
 #endif
 }
 
 // GCC 12 compiles the plain int8 -> int32 -> float vector conversion into scalar code on x86 (with AVX2 and
 // AVX-512 alike), which made the kernel compute-bound at a third of the memory's speed; there the widening is
 // the one instruction made for it (vpmovsxbd), then one int-to-float conversion.
-inline qf widen(const int8_t* p) {
-  qf v;
+inline vf widen(const int8_t* p) {
+  vf v;
 #if defined(__AVX512F__)
   const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   std::memcpy(&v, &f, sizeof v);
@@ -144,42 +137,43 @@ inline qf widen(const int8_t* p) {
   const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   std::memcpy(&v, &f, sizeof v);
 #else
-  qb b;
+  typedef int8_t vb __attribute__((vector_size(L)));
+  vb b;
   std::memcpy(&b, p, sizeof b);
-  v = __builtin_convertvector(__builtin_convertvector(b, qi), qf);
+  v = __builtin_convertvector(__builtin_convertvector(b, vi), vf);
 #endif
   return v;
 }
 
-// Each (input row, weight row) pair keeps K accumulators, used in turn over a cache line's QW-wide pieces: one
-// chain of dependent FMAs (4 cycles each) per pair would cap a core at 2 * QW weights per 4 cycles, which with
-// AVX2's QW = 8 is ~12 GB/s a core, the memory's speed; K chains lift that cap. One prefetch per cache line.
+// Each (input row, weight row) pair keeps K accumulators, used in turn over a cache line's L-wide pieces: one
+// chain of dependent FMAs (4 cycles each) per pair would cap a core at 2 * L weights per 4 cycles, which with
+// AVX2's L = 8 is ~12 GB/s a core, the memory's speed; K chains lift that cap. One prefetch per cache line.
 template <int M, int R>
 inline void dot_block(const int8_t* w, const float* /*xs: x itself*/, const float* x, int64_t in, float* y,
                       int64_t ldy, const float* bias, const float* scale) {
-  constexpr int64_t LINE = 64, U = LINE / QW;  // QW-wide pieces per cache line of weights
+  constexpr int64_t LINE = 64, U = LINE / L;  // L-wide pieces per cache line of weights
   constexpr int K = M * R >= 4 ? 1 : 4 / (M * R);
-  qf acc[M][R][K] = {};
+  vf acc[M][R][K] = {};
   int64_t i = 0;
   for (; i + LINE <= in; i += LINE) {
     for (int r = 0; r < R; ++r) prefetch_ahead(w + r * in + i);
     for (int64_t u = 0; u < U; ++u) {
-      qf xv[M];
-      for (int m = 0; m < M; ++m) xv[m] = qload(x + m * in + i + u * QW);
+      vf xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = load(x + m * in + i + u * L);
       for (int r = 0; r < R; ++r) {
-        const qf wv = widen(w + r * in + i + u * QW);
+        const vf wv = widen(w + r * in + i + u * L);
         for (int m = 0; m < M; ++m) acc[m][r][u % K] += wv * xv[m];
       }
     }
   }
-  for (; i + QW <= in; i += QW)
+  for (; i + L <= in; i += L)
     for (int r = 0; r < R; ++r) {
-      const qf wv = widen(w + r * in + i);
-      for (int m = 0; m < M; ++m) acc[m][r][0] += wv * qload(x + m * in + i);
+      const vf wv = widen(w + r * in + i);
+      for (int m = 0; m < M; ++m) acc[m][r][0] += wv * load(x + m * in + i);
     }
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) {
-      qf a = acc[m][r][0];
+      vf a = acc[m][r][0];
       for (int k = 1; k < K; ++k) a += acc[m][r][k];
       float s = qsum(a);
       for (int64_t j = i; j < in; ++j) s += static_cast<float>(w[r * in + j]) * x[m * in + j];
@@ -198,7 +192,7 @@ inline void dot_block(const c10::BFloat16* w, const c10::BFloat16* /*xs: x itsel
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   int64_t i = 0;
-  for (; i + 2 * L <= in; i += 2 * L) {
+  for (; i + 2 * L16 <= in; i += 2 * L16) {
     __m512bh xv[M];
     for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * in + i);
     for (int r = 0; r < R; ++r) {
@@ -320,7 +314,7 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const c10::option
     const c10::BFloat16* xbp = xb.data_ptr<c10::BFloat16>();
     with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xbp, xbp, o.b(), yp, in, out); });
 #else
-    const auto xs = interleaved(o.x, o.rows, L, 2);  // per 32: the 16 even elements, then the 16 odd ones
+    const auto xs = interleaved(o.x, o.rows, L16, 2);  // per 32: the 16 even elements, then the 16 odd ones
     const float* xsp = xs.data_ptr<float>();
     with_rows(o.rows, [&](auto m) { gemv_rows<decltype(m)::value>(w, xsp, xp, o.b(), yp, in, out); });
 #endif
