@@ -236,14 +236,19 @@ def test_gelu_tanh_backward_rejects_what_it_cannot_do(gemv) -> None:
         torch.ops.gpt2_kernels.gelu_tanh(x.double())
 
 
-@pytest.fixture(scope="module")
-def attention_backward(gemv):
-    """csrc/attention.cpp's op, where this CPU's oneDNN has the bfloat16 micro-kernels it is built on."""
-    if not torch.ops.gpt2_kernels.causal_attention_backward_supported():
+def attention_backward(dtype: torch.dtype):
+    """csrc/attention.cpp's op, where it takes this dtype here (float32: torch carries BLAS's sgemm; bfloat16:
+    oneDNN has the bfloat16 micro-kernels)."""
+    if kernels.gemv_kernel() is None:
+        pytest.skip("the CPU kernels could not be built here")
+    if not torch.ops.gpt2_kernels.causal_attention_backward_supported(dtype):
         cpuinfo = Path("/proc/cpuinfo")
-        # with AMX the micro-kernels are there: unsupported then means their packed layout is not the kernel's
-        assert not (cpuinfo.exists() and "amx_bf16" in cpuinfo.read_text()), "AMX, yet the kernel refuses: layout?"
-        pytest.skip("this CPU lacks oneDNN's bfloat16 brgemm micro-kernels (AMX): training uses torch's attention")
+        if dtype == torch.bfloat16:
+            # with AMX the micro-kernels are there: unsupported then means their packed layout is not the kernel's
+            assert not (cpuinfo.exists() and "amx_bf16" in cpuinfo.read_text()), "AMX, yet the kernel refuses: layout?"
+            pytest.skip("this CPU lacks oneDNN's bfloat16 brgemm micro-kernels (AMX): bf16 uses torch's attention")
+        assert not torch.backends.mkl.is_available(), "torch has MKL, yet the kernel finds no sgemm"
+        pytest.skip("this build of torch carries no BLAS sgemm: float32 uses torch's attention")
     return torch.ops.gpt2_kernels.causal_attention_backward
 
 
@@ -254,11 +259,18 @@ def _sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
 
 
+DTYPES = [torch.float32, torch.bfloat16]
+# the slack on top of torch's own error: bfloat16 gradients round to 2^-8, float32 ones to 2^-24
+SLACK = {torch.float32: (1e-6, 1e-8), torch.bfloat16: (1e-3, 1e-6)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,seq,heads", [(2, 100, 2), (1, 64, 1), (3, 65, 3), (1, 1, 1), (1, 257, 2)])
-def test_causal_attention_backward_is_as_exact_as_torchs(attention_backward, batch, seq, heads) -> None:
+def test_causal_attention_backward_is_as_exact_as_torchs(dtype, batch, seq, heads) -> None:
+    attention_backward(dtype)
     torch.manual_seed(seq)
-    qkv = torch.randn(batch, seq, 3 * heads * 64).bfloat16()
-    grad = torch.randn(batch, seq, heads * 64).bfloat16()
+    qkv = torch.randn(batch, seq, 3 * heads * 64).to(dtype)
+    grad = torch.randn(batch, seq, heads * 64).to(dtype)
     ours, theirs, exact = (qkv.clone().requires_grad_() for _ in range(3))
     assert kernels.causal_attention_applies(ours, heads)
     y = kernels.causal_attention(ours, heads)
@@ -268,37 +280,58 @@ def test_causal_attention_backward_is_as_exact_as_torchs(attention_backward, bat
     _sdpa(exact.double(), heads).backward(grad.double())
     assert torch.equal(y, y_torch)  # the same forward (torch's flash kernel)
     ours_err, torch_err = ((g.grad.double() - exact.grad).abs() for g in (ours, theirs))
-    # bfloat16 inputs, float32 arithmetic, bfloat16 gradients: within torch's own error, elementwise on average
-    assert ours_err.max() <= 1.25 * torch_err.max() + 1e-3
-    assert ours_err.mean() <= 1.1 * torch_err.mean() + 1e-6
+    # float32 arithmetic, gradients rounded to the dtype: within torch's own error, elementwise and on average
+    max_slack, mean_slack = SLACK[dtype]
+    assert ours_err.max() <= 1.25 * torch_err.max() + max_slack
+    assert ours_err.mean() <= 1.1 * torch_err.mean() + mean_slack
 
 
-def test_training_with_our_attention_backward_matches_torchs(attention_backward) -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_with_our_attention_backward_matches_torchs(dtype) -> None:
+    attention_backward(dtype)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=300, n_positions=128))
     x = torch.randint(0, 300, (2, 96))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
     grads = []
     for off in (False, True):
         model.zero_grad()
-        with kernels.disabled() if off else contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with kernels.disabled() if off else contextlib.nullcontext(), amp:
             loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    tol = {"rtol": 0.05, "atol": 2e-3} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-6}
     for name, g in grads[0].items():
-        torch.testing.assert_close(g, grads[1][name], rtol=0.05, atol=2e-3, msg=name)
+        torch.testing.assert_close(g, grads[1][name], **tol, msg=name)
 
 
-def test_causal_attention_keeps_torch_where_it_does_not_apply(attention_backward) -> None:
-    qkv = torch.randn(1, 8, 3 * 64)
-    assert not kernels.causal_attention_applies(qkv.requires_grad_(), 1)  # float32
-    bf = qkv.detach().bfloat16()
-    assert not kernels.causal_attention_applies(bf, 1)  # no gradient wanted
-    bf.requires_grad_()
-    assert kernels.causal_attention_applies(bf, 1)
-    assert not kernels.causal_attention_applies(bf, 2)  # heads of 32
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_causal_attention_keeps_torch_where_it_does_not_apply(dtype) -> None:
+    attention_backward(dtype)
+    x = torch.randn(1, 8, 3 * 64, dtype=dtype)
+    assert not kernels.causal_attention_applies(x, 1)  # no gradient wanted
+    x.requires_grad_()
+    assert kernels.causal_attention_applies(x, 1)
+    assert not kernels.causal_attention_applies(x, 2)  # heads of 32
+    assert not kernels.causal_attention_applies(x.detach().half().requires_grad_(), 1)
     with kernels.disabled():
-        assert not kernels.causal_attention_applies(bf, 1)
-    with pytest.raises(RuntimeError, match="bfloat16 CPU tensors only"):
-        attention_backward(torch.randn(1, 8, 64), qkv.detach(), torch.randn(1, 8, 64), torch.zeros(1, 1, 8), 0.125)
+        assert not kernels.causal_attention_applies(x, 1)
+
+
+def test_causal_attention_backward_rejects_what_it_cannot_do() -> None:
+    backward = attention_backward(torch.float32)
+    qkv, out, lse = torch.randn(1, 8, 3 * 64), torch.randn(1, 8, 64), torch.zeros(1, 1, 8)
+    backward(out, qkv, out, lse, 0.125)  # the shapes it takes
+    with pytest.raises(RuntimeError, match="of one dtype only"):
+        backward(out.bfloat16(), qkv, out, lse, 0.125)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        backward(out.double(), qkv.double(), out.double(), lse, 0.125)
     with pytest.raises(RuntimeError, match="lse must be"):
-        attention_backward(bf.new_zeros(1, 8, 64), bf.detach(), bf.new_zeros(1, 8, 64), torch.zeros(1, 8), 0.125)
+        backward(out, qkv, out, torch.zeros(1, 8), 0.125)
+    with pytest.raises(RuntimeError, match="qkv must be"):
+        backward(out, torch.randn(1, 8, 3 * 32), out, lse, 0.125)
+    with pytest.raises(RuntimeError, match="out and grad_out"):
+        backward(out[:, :4], qkv, out, lse, 0.125)
+    if not torch.ops.gpt2_kernels.causal_attention_backward_supported(torch.bfloat16):
+        with pytest.raises(RuntimeError, match="micro-kernels"):
+            backward(out.bfloat16(), qkv.bfloat16(), out.bfloat16(), lse, 0.125)

@@ -11,9 +11,10 @@ registers; elsewhere (more rows, a GPU, no kernel) the weights are dequantised f
 the loss and its gradient in one pass over memory per row (torch's ops walk the chunk about ten times).
 `gelu_tanh` is GPT-2's activation (the tanh approximation) and its gradient, csrc/gelu.cpp: one pass over memory
 where torch's CPU kernel for approximate="tanh" computes slowly (~6x its erf GELU's time on an AVX-512 CPU).
-`causal_attention` trains in bfloat16 on CPUs whose oneDNN has the bfloat16 micro-kernels (AMX): torch's flash
-forward, and csrc/attention.cpp's backward, 2.2x faster than torch's (a 124M layer at 1 x 1024 tokens, 8.8
-against 19.4 ms on a 2-core AMX Xeon).
+`causal_attention` is torch's flash forward and csrc/attention.cpp's backward, which skips the causal mask's
+masked half: in bfloat16 on CPUs whose oneDNN has the bfloat16 micro-kernels (AMX), 2.2x faster than torch's (a
+124M layer at 1 x 1024 tokens, 8.8 against 19.4 ms on a 2-core AMX Xeon); in float32 through BLAS's sgemm
+where torch carries it (its x86 builds).
 
 The library is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
 and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
@@ -197,18 +198,19 @@ class _CausalAttention(torch.autograd.Function):
 
 
 def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
-    """Whether `causal_attention` takes this fused projection output: training (a gradient wanted) in bfloat16
-    on a CPU whose oneDNN has the bfloat16 micro-kernels (AMX Xeons), heads of 64, the library built."""
+    """Whether `causal_attention` takes this fused projection output: training (a gradient wanted) on the CPU,
+    heads of 64, the library built; in float32 where torch carries BLAS's sgemm (x86 builds), in bfloat16 where
+    oneDNN has the bfloat16 micro-kernels (AMX Xeons)."""
     return (
         _eager_cpu(qkv)
-        and qkv.dtype == torch.bfloat16
+        and qkv.dtype in (torch.float32, torch.bfloat16)
         and qkv.dim() == 3
         and qkv.shape[2] == 3 * n_head * ATTENTION_HEAD_DIM
         and torch.is_grad_enabled()
         and qkv.requires_grad
         and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")  # the forward's (and its lse)
         and gemv_kernel() is not None
-        and torch.ops.gpt2_kernels.causal_attention_backward_supported()
+        and torch.ops.gpt2_kernels.causal_attention_backward_supported(qkv.dtype)
     )
 
 

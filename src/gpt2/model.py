@@ -210,7 +210,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         qkv = self.c_attn(x)
         plain_causal = cache is None and attn_mask is None and T > 1 and not (self.training and self.dropout > 0)
-        if plain_causal and kernels.causal_attention_applies(qkv, self.n_head):  # bf16 training on AMX CPUs
+        if plain_causal and kernels.causal_attention_applies(qkv, self.n_head):  # CPU training
             return self.resid_dropout(self.c_proj(kernels.causal_attention(qkv, self.n_head)))
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))

@@ -1,18 +1,21 @@
-// The backward pass of causal self-attention for training on the CPU, bfloat16, head dimension 64: the gradients
-// of the queries, keys and values, written straight into the gradient of the fused q/k/v projection's output.
+// The backward pass of causal self-attention for training on the CPU, head dimension 64: the gradients of the
+// queries, keys and values, written straight into the gradient of the fused q/k/v projection's output. bfloat16
+// where oneDNN has its bfloat16 micro-kernels (AMX), float32 where torch carries BLAS's sgemm (x86).
 //
 // torch's CPU flash-attention backward took 18-20 ms per GPT-2 124M layer at 1 x 1024 tokens on a 2-core AMX
-// Xeon (its forward: 4-5 ms), a sixth of the training step; this one 8.8 ms. Each head runs on one core, a block
-// of 64 keys at a time against every query at or after it (the causal mask's other half is never computed):
+// Xeon in bfloat16 (its forward: 4-5 ms), a sixth of the training step; this one 8.8 ms. Each head runs on one
+// core, a block of 64 keys at a time against every query at or after it (the causal mask's other half is never
+// computed):
 //   S = Q K_j^T, dP = dO V_j^T                      (queries x 64, float32)
-//   P = exp(S * scale - lse), dS = P (dP - D) scale   (D = rowsum(dO * O); one pass, bfloat16 out)
+//   P = exp(S * scale - lse), dS = P (dP - D) scale   (D = rowsum(dO * O); one pass)
 //   dV_j = P^T dO, dK_j = dS^T Q                     (64 x 64, summed over the queries: one long product each)
 //   dQ += dS K_j
-// The products are oneDNN's batch-reduce GEMM micro-kernels through torch (at::native::cpublas::brgemm, the
-// building block of torch's own CPU flash-attention forward), which run on AMX tiles where the CPU has them; their
-// B operands are written in its pair-interleaved (VNNI) layout as they are made. The queries go through in chunks
-// of 128, so that their float32 scores stay in the core's cache. lse is the forward's log-sum-exp of the
-// scaled scores (torch's flash forward returns it), so P is recomputed exactly as the forward made it.
+// lse is the forward's log-sum-exp of the scaled scores (torch's flash forward returns it), so P is recomputed
+// exactly as the forward made it.
+// bfloat16: the products are oneDNN's batch-reduce GEMM micro-kernels through torch (at::native::cpublas::brgemm,
+// the building block of torch's own CPU flash-attention forward), on AMX tiles; their B operands are written in
+// its pair-interleaved (VNNI) layout as they are made. The queries go through in chunks of 128, so that their
+// float32 scores stay in the core's cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -74,6 +77,17 @@ bool supported() {
     return std::memcmp(ours.data(), theirs.data(), KB * D * sizeof(bf16)) == 0;
   }();
   return same_layout;
+}
+
+// P = exp(S scale - lse) and dS = P (dP - D) scale for L keys, c to c + L - 1 of a block, of one query whose
+// position in the block is diag (keys past it come after the query: P = dS = 0 there, whatever S and dP hold).
+// lse is the forward's log-sum-exp of the query's scaled scores, so S scale - lse <= 0: exp's whole range.
+inline void probs_and_grad(vf s, vf dp, vf lse, vf delta, float scale, int64_t c, int64_t diag, vf& p,
+                           vf& ds) {
+  const auto after = (iota() + static_cast<float>(c)) > static_cast<float>(diag);
+  const vf pv = vexp(s * scale - lse);
+  p = after ? splat(0.f) : pv;
+  ds = after ? splat(0.f) : pv * (dp - delta) * scale;
 }
 
 constexpr int64_t CHUNK = 128;  // queries whose scores are in flight at once (their float32 rows stay in L1/L2)
@@ -159,12 +173,9 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
           const float* s = w.s.data() + (r + h) * KB;
           const float* dp = w.dp.data() + (r + h) * KB;
           const vf lse_v = splat(w.lse[t]), delta_v = splat(w.delta[t]);
-          const bool real = t < T;
           for (int64_t c = 0; c < KB; c += L) {
-            vf pv = vexp(load(s + c) * scale - lse_v);  // S * scale <= lse: never a positive argument
-            if (!real) pv = splat(0.f);
-            if (diag < KB) pv = (iota() + static_cast<float>(c)) > static_cast<float>(diag) ? splat(0.f) : pv;
-            const vf dsv = pv * (load(dp + c) - delta_v) * scale;
+            vf pv, dsv;  // padding rows (t >= T) take no part: every key is "after" them
+            probs_and_grad(load(s + c), load(dp + c), lse_v, delta_v, scale, c, t < T ? diag : -1, pv, dsv);
             p_bits[h][c / L] = to_bf16(pv);
             ds_bits[h][c / L] = to_bf16(dsv);
             std::memcpy(w.ds.data() + (r0 + r + h) * KB + c, &ds_bits[h][c / L], sizeof(vh));
@@ -189,45 +200,121 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
     for (int64_t d = 0; d < D; d += L) store(dq + t * ld + d, load(w.dq.data() + t * D + d));
 }
 
+// float32: the products are BLAS's sgemm, with its operands read in place, strided, from qkv and the output, and
+// dQ, dK_j, dV_j written straight into the gradient; at five calls per block of keys and chunk of 256 queries a
+// call's fixed cost does not count.
+constexpr int64_t GEMM_CHUNK = 256;  // queries per chunk: S (then P) and dP (then dS) take 64 KB each
+
+// BLAS's sgemm, as torch's x86 builds carry it (MKL's, the one torch's own float32 matmul calls), looked up when
+// the library loads: weak, so that a torch without it (no symbol) leaves this path off instead of the library.
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+
+// C (m x n, row-major, row stride ldc) = or += op(A) op(B), op the transpose where asked, A and B row-major;
+// BLAS is column-major, where a row-major matrix reads as its transpose: C^T = op(B)^T op(A)^T.
+void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+             int64_t ldb, float* c, int64_t ldc, bool add) {
+  const char op_a = ta ? 'T' : 'N', op_b = tb ? 'T' : 'N';
+  const int M = n, N = m, K = k, la = ldb, lb = lda, lc = ldc;
+  const float one = 1.f, beta = add ? 1.f : 0.f;
+  sgemm_(&op_b, &op_a, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
+}
+
+void head_backward_float(const float* q, const float* k, const float* v, const float* o, const float* g,
+                         const float* lse, float* dq, float* dk, float* dv, int64_t T, int64_t ld, int64_t ld_o,
+                         float scale, std::vector<float>& delta, std::vector<float>& s, std::vector<float>& dp) {
+  for (int64_t t = 0; t < T; ++t) {
+    vf acc{};
+    for (int64_t d = 0; d < D; d += L) acc += load(g + t * ld_o + d) * load(o + t * ld_o + d);
+    delta[t] = hsum(acc);
+  }
+  for (int64_t kb = 0; kb < T; kb += KB) {
+    const int64_t n = std::min(KB, T - kb);  // keys in this block
+    const float *kj = k + kb * ld, *vj = v + kb * ld;
+    for (int64_t q0 = kb; q0 < T; q0 += GEMM_CHUNK) {  // the queries at or after the block's first key
+      const int64_t m = std::min(GEMM_CHUNK, T - q0);
+      product(false, true, m, n, D, q + q0 * ld, ld, kj, ld, s.data(), KB, false);       // S = Q K_j^T
+      product(false, true, m, n, D, g + q0 * ld_o, ld_o, vj, ld, dp.data(), KB, false);  // dP = dO V_j^T
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t t = q0 + r;
+        const vf lse_v = splat(lse[t]), delta_v = splat(delta[t]);
+        for (int64_t c = 0; c < KB; c += L) {  // a last, partial block's columns past n: keys after every query
+          vf p, ds;
+          probs_and_grad(load(&s[r * KB + c]), load(&dp[r * KB + c]), lse_v, delta_v, scale, c, t - kb, p, ds);
+          store(&s[r * KB + c], p);
+          store(&dp[r * KB + c], ds);
+        }
+      }
+      product(false, false, m, D, n, dp.data(), KB, kj, ld, dq + q0 * ld, ld, kb > 0);       // dQ += dS K_j
+      product(true, false, n, D, m, s.data(), KB, g + q0 * ld_o, ld_o, dv + kb * ld, ld, q0 > kb);  // dV_j += P^T dO
+      product(true, false, n, D, m, dp.data(), KB, q + q0 * ld, ld, dk + kb * ld, ld, q0 > kb);     // dK_j += dS^T Q
+    }
+  }
+}
+
 // qkv (B, T, 3C): the fused projection's output (queries, keys, values, heads of 64 side by side), out (B, T, C)
 // the attention's output and grad_out its gradient, lse (B, H, T) float32 from the forward; returns d qkv.
 at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& out,
                                      const at::Tensor& lse, double scale) {
   const char* op = "causal_attention_backward";
-  TORCH_CHECK(supported(), op, ": needs oneDNN's bfloat16 micro-kernels, which this CPU lacks");
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * D) == 0, op, ": qkv must be (B, T, 3C), heads of ", D);
   const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = C / D;
+  const auto dtype = qkv.scalar_type();
   for (const auto* t : {&grad_out, &qkv, &out})
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->device().is_cpu(), op, ": bfloat16 CPU tensors only");
+    TORCH_CHECK(t->scalar_type() == dtype && (dtype == at::kBFloat16 || dtype == at::kFloat) && t->device().is_cpu(),
+                op, ": float32 or bfloat16 CPU tensors of one dtype only");
   TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes() == at::IntArrayRef({B, T, C}), op,
               ": out and grad_out must be (B, T, C)");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == at::IntArrayRef({B, H, T}), op,
               ": lse must be float32 (B, H, T)");
+  TORCH_CHECK(dtype == at::kFloat || supported(), op,
+              ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
+  TORCH_CHECK(dtype == at::kBFloat16 || sgemm_, op, ": float32 needs BLAS's sgemm, which this build of torch lacks");
   const auto x = qkv.contiguous(), o = out.contiguous(), g = grad_out.contiguous(), l = lse.contiguous();
   auto dx = at::empty_like(x);
-  const int64_t tp = (T + KB - 1) / KB * KB;
-  const bf16 *xp = x.data_ptr<bf16>(), *outp = o.data_ptr<bf16>(), *gp = g.data_ptr<bf16>();
   const float* lp = l.data_ptr<float>();
-  bf16* dxp = dx.data_ptr<bf16>();
+  const float sc = static_cast<float>(scale);
+  if (dtype == at::kBFloat16 && supported()) {
+    const int64_t tp = (T + KB - 1) / KB * KB;
+    const bf16 *xp = x.data_ptr<bf16>(), *outp = o.data_ptr<bf16>(), *gp = g.data_ptr<bf16>();
+    bf16* dxp = dx.data_ptr<bf16>();
+    at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+      Scratch w(tp);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / H, h = i % H;
+        const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
+        head_backward(xp + base, xp + base + C, xp + base + 2 * C, outp + obase, gp + obase, lp + i * T, dxp + base,
+                      dxp + base + C, dxp + base + 2 * C, T, 3 * C, C, sc, w);
+      }
+      blas::brgemm_release(true);
+    });
+    return dx;
+  }
+  const float *xp = x.data_ptr<float>(), *outp = o.data_ptr<float>(), *gp = g.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    Scratch w(tp);
+    std::vector<float> delta(T), s(GEMM_CHUNK * KB), dp(GEMM_CHUNK * KB);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H;
       const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
-      head_backward(xp + base, xp + base + C, xp + base + 2 * C, outp + obase, gp + obase, lp + i * T, dxp + base,
-                    dxp + base + C, dxp + base + 2 * C, T, 3 * C, C, static_cast<float>(scale), w);
+      head_backward_float(xp + base, xp + base + C, xp + base + 2 * C, outp + obase, gp + obase, lp + i * T,
+                          dxp + base, dxp + base + C, dxp + base + 2 * C, T, 3 * C, C, sc, delta, s, dp);
     }
-    blas::brgemm_release(true);
   });
   return dx;
 }
 
-bool causal_attention_backward_supported() { return supported(); }
+// Whether the op takes tensors of this dtype here: float32 where torch carries BLAS's sgemm, bfloat16 where the
+// CPU has the micro-kernels.
+bool causal_attention_backward_supported(c10::ScalarType dtype) {
+  return dtype == at::kFloat ? sgemm_ != nullptr : dtype == at::kBFloat16 && supported();
+}
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gpt2_kernels, m) {
   m.def("causal_attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, float scale) -> Tensor");
-  m.def("causal_attention_backward_supported() -> bool");
+  m.def("causal_attention_backward_supported(ScalarType dtype) -> bool");
 }
 TORCH_LIBRARY_IMPL(gpt2_kernels, CPU, m) { m.impl("causal_attention_backward", &causal_attention_backward); }
 TORCH_LIBRARY_IMPL(gpt2_kernels, CatchAll, m) {
