@@ -216,9 +216,9 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
              int64_t ldb, float* c, int64_t ldc, bool add) {
   const char op_a = ta ? 'T' : 'N', op_b = tb ? 'T' : 'N';
-  const int M = n, N = m, K = k, la = ldb, lb = lda, lc = ldc;
+  const int rows = n, cols = m, inner = k, ld_b = ldb, ld_a = lda, ld_c = ldc;  // of C^T: B's buffer goes first
   const float one = 1.f, beta = add ? 1.f : 0.f;
-  sgemm_(&op_b, &op_a, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
+  sgemm_(&op_b, &op_a, &rows, &cols, &inner, &one, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
 }
 
 void head_backward_float(const float* q, const float* k, const float* v, const float* o, const float* g,
