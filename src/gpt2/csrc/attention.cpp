@@ -79,6 +79,14 @@ bool supported() {
   return same_layout;
 }
 
+// D's term for one query: the dot product of its rows of dO and O (D values, float32 arithmetic)
+template <typename T>
+inline float row_dot(const T* a, const T* b) {
+  vf acc{};
+  for (int64_t d = 0; d < D; d += L) acc += load(a + d) * load(b + d);
+  return hsum(acc);
+}
+
 // P = exp(S scale - lse) and dS = P (dP - D) scale for L keys, c to c + L - 1 of a block, of one query whose
 // position in the block is diag (keys past it come after the query: P = dS = 0 there, whatever S and dP hold).
 // lse is the forward's log-sum-exp of the query's scaled scores, so S scale - lse <= 0: exp's whole range.
@@ -143,9 +151,7 @@ void head_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, c
       std::memcpy(w.k.data() + t * D, k + t * ld, D * sizeof(bf16));
       std::memcpy(w.v.data() + t * D, v + t * ld, D * sizeof(bf16));
       std::memcpy(w.dO.data() + t * D, g + t * ld_o, D * sizeof(bf16));
-      vf delta{};
-      for (int64_t d = 0; d < D; d += L) delta += load(g + t * ld_o + d) * load(o + t * ld_o + d);
-      w.delta[t] = hsum(delta);
+      w.delta[t] = row_dot(g + t * ld_o, o + t * ld_o);
       w.lse[t] = lse[t];
     }
     for (int64_t d = 0; d < D; ++d)
@@ -224,11 +230,7 @@ void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, 
 void head_backward_float(const float* q, const float* k, const float* v, const float* o, const float* g,
                          const float* lse, float* dq, float* dk, float* dv, int64_t T, int64_t ld, int64_t ld_o,
                          float scale, std::vector<float>& delta, std::vector<float>& s, std::vector<float>& dp) {
-  for (int64_t t = 0; t < T; ++t) {
-    vf acc{};
-    for (int64_t d = 0; d < D; d += L) acc += load(g + t * ld_o + d) * load(o + t * ld_o + d);
-    delta[t] = hsum(acc);
-  }
+  for (int64_t t = 0; t < T; ++t) delta[t] = row_dot(g + t * ld_o, o + t * ld_o);
   for (int64_t kb = 0; kb < T; kb += KB) {
     const int64_t n = std::min(KB, T - kb);  // keys in this block
     const float *kj = k + kb * ld, *vj = v + kb * ld;
@@ -253,6 +255,12 @@ void head_backward_float(const float* q, const float* k, const float* v, const f
   }
 }
 
+// Whether the op takes tensors of this dtype here: float32 where torch carries BLAS's sgemm, bfloat16 where the
+// CPU has the micro-kernels.
+bool causal_attention_backward_supported(c10::ScalarType dtype) {
+  return dtype == at::kFloat ? sgemm_ != nullptr : dtype == at::kBFloat16 && supported();
+}
+
 // qkv (B, T, 3C): the fused projection's output (queries, keys, values, heads of 64 side by side), out (B, T, C)
 // the attention's output and grad_out its gradient, lse (B, H, T) float32 from the forward; returns d qkv.
 at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& out,
@@ -268,14 +276,14 @@ at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tenso
               ": out and grad_out must be (B, T, C)");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == at::IntArrayRef({B, H, T}), op,
               ": lse must be float32 (B, H, T)");
-  TORCH_CHECK(dtype == at::kFloat || supported(), op,
-              ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
-  TORCH_CHECK(dtype == at::kBFloat16 || sgemm_, op, ": float32 needs BLAS's sgemm, which this build of torch lacks");
+  TORCH_CHECK(causal_attention_backward_supported(dtype), op,
+              dtype == at::kFloat ? ": float32 needs BLAS's sgemm, which this build of torch lacks"
+                                  : ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
   const auto x = qkv.contiguous(), o = out.contiguous(), g = grad_out.contiguous(), l = lse.contiguous();
   auto dx = at::empty_like(x);
   const float* lp = l.data_ptr<float>();
   const float sc = static_cast<float>(scale);
-  if (dtype == at::kBFloat16 && supported()) {
+  if (dtype == at::kBFloat16) {
     const int64_t tp = (T + KB - 1) / KB * KB;
     const bf16 *xp = x.data_ptr<bf16>(), *outp = o.data_ptr<bf16>(), *gp = g.data_ptr<bf16>();
     bf16* dxp = dx.data_ptr<bf16>();
@@ -303,12 +311,6 @@ at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tenso
     }
   });
   return dx;
-}
-
-// Whether the op takes tensors of this dtype here: float32 where torch carries BLAS's sgemm, bfloat16 where the
-// CPU has the micro-kernels.
-bool causal_attention_backward_supported(c10::ScalarType dtype) {
-  return dtype == at::kFloat ? sgemm_ != nullptr : dtype == at::kBFloat16 && supported();
 }
 }  // namespace
 

@@ -2,7 +2,7 @@
 // GCC/Clang's vector extension, so that the sources stay free of per-ISA intrinsics where the compiler does well.
 // L is the CPU's own width: 16 with AVX-512, 8 with AVX2, 4 elsewhere (NEON, SSE). Wider vectors than the CPU's
 // compile to slow code: GCC 12 turned a 16-float compare or select on an AVX2 CPU into 16 scalar ones, which
-// made GPT-2's GELU 3x slower there (9.6 against 3.3 ms for 1024 x 3072 float32 values on a 2-core Zen 3).
+// made GPT-2's GELU 3x slower there (8.0 against 2.5 ms forward for 1024 x 3072 float32 values on a 2-core Zen 3).
 // Also their loads and stores in float32 and bfloat16, and exp: what the elementwise work of cross_entropy.cpp,
 // gelu.cpp and attention.cpp is made of.
 #pragma once
