@@ -242,6 +242,29 @@ def test_fused_loss_equals_plain_loss_and_every_gradient(chunk_rows: int, monkey
     assert torch.all(got["transformer.wte.weight"][97:] == 0)  # padding: no gradient, so it stays zero
 
 
+def test_sparse_embedding_gradient_is_the_dense_one(monkeypatch) -> None:
+    # the lookup's sparse gradient (CPU training) adds into the output layer's dense one: the tied matrix's
+    # gradient must be dense (fused AdamW takes no sparse gradient) and equal the dense lookup's, also accumulated
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).double().train()
+    idx, targets = torch.randint(0, 97, (2, 3, 11)), torch.randint(0, 97, (2, 3, 11))
+
+    def accumulated() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        for micro in range(2):
+            model(idx[micro], targets[micro], return_logits=False)[1].backward()
+        grad = model.transformer.wte.weight.grad
+        assert grad.layout == torch.strided
+        return grad.clone()
+
+    assert model.transformer.wte(idx[0]).grad_fn._saved_sparse  # the lookup under test is the sparse one
+    got = accumulated()
+    monkeypatch.setattr(type(model.transformer.wte), "forward", torch.nn.Embedding.forward)  # the dense lookup
+    expected = accumulated()
+    assert got.abs().sum() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+
+
 def _loss_inputs(rows: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded hidden states (rows, 48), an output weight of 192 padded rows and targets below vocab, every
     seventh ignored: the fused loss's test case."""

@@ -181,6 +181,20 @@ class VocabEmbedding(_PaddedRows, nn.Embedding):
         super().__init__(padded_rows, n_embd)
         self.vocab_size = vocab_size
 
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        # Training on the CPU: a sparse gradient (the looked-up rows only). The matrix is tied to the output
+        # layer, whose dense gradient it is added into, so the parameter's gradient stays dense; the dense lookup
+        # gradient would zero and then add all 50,304 rows: 5% of a 124M bf16 step, 1 x 1024 tokens, on a 2-core
+        # AMX Xeon. Not a module-level `sparse=True`: DistributedDataParallel would then expect a sparse gradient
+        # for the parameter. Not under torch.compile, which traces dense gradients only.
+        sparse = (
+            idx.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and not torch.compiler.is_compiling()
+        )
+        return F.embedding(idx, self.weight, sparse=sparse)
+
 
 class OutputLayer(_PaddedRows, Linear):
     """The output layer (tied to the embedding): logits of the `vocab_size` real tokens only, through a
