@@ -242,6 +242,22 @@ def test_fused_loss_equals_plain_loss_and_every_gradient(chunk_rows: int, monkey
     assert torch.all(got["transformer.wte.weight"][97:] == 0)  # padding: no gradient, so it stays zero
 
 
+def test_fused_loss_unscaled_and_scaled_gradients_and_a_second_backward() -> None:
+    from gpt2.fused_loss import linear_cross_entropy
+
+    x, w, t = _loss_inputs(50, 150)
+    plain = torch.nn.functional.cross_entropy(x @ w[:150].t(), t, ignore_index=-1)
+    expected = torch.autograd.grad(plain, (x, w))
+    for scale in (1.0, 0.25):  # 1: the saved gradients go out as they are; else they are scaled in place
+        got = torch.autograd.grad(linear_cross_entropy(x, w, t, 150) * scale, (x, w))
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e * scale, rtol=1e-5, atol=1e-7)
+    loss = linear_cross_entropy(x, w, t, 150) * 0.5
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):  # not scaled twice, silently
+        loss.backward()
+
+
 def test_sparse_embedding_gradient_is_the_dense_one(monkeypatch) -> None:
     # the lookup's sparse gradient (CPU training) adds into the output layer's dense one: the tied matrix's
     # gradient must be dense (fused AdamW takes no sparse gradient) and equal the dense lookup's, also accumulated

@@ -135,7 +135,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None, None
+        # No new (V, C) gradient: the saved ones are this op's own, used nowhere else. Where the loss was not
+        # scaled (grad_loss 1, read without a device sync on the CPU) they go out as they are; else they are
+        # scaled in place (a second backward through a retained graph then fails on their version counter
+        # rather than scale them twice). 124M, bf16, 1 x 1024 tokens, 2-core AMX Xeon: +3.2% a step.
+        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
+            grad_x.mul_(grad_loss)
+            grad_w.mul_(grad_loss)
+        return grad_x, grad_w, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
