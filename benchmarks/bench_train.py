@@ -39,10 +39,11 @@ import gpt2.kernels
 import gpt2.model
 from gpt2 import GPT, GPTConfig
 from gpt2.devices import bf16_supported, keep_freed_memory
-from gpt2.train import TrainConfig, flops_per_token, make_optimizer, matmul_peak
+from gpt2.train import TrainConfig, clip_grad_norm, flops_per_token, make_optimizer, matmul_peak
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> loss; the bench does the rest
+Clip = Callable[[list, float], torch.Tensor]  # (parameters, max norm) -> norm: each contender's own clipping
 
 
 def ours(
@@ -53,9 +54,10 @@ def ours(
     keep: bool = True,
     gelu: bool = True,
     attention: bool = True,
+    clip: bool = True,
 ) -> tuple:
-    """(step, optimizer, model) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu/attention off measure those
-    pieces (each contender has a process of its own, so what one turns off stays off only there)."""
+    """(step, optimizer, model, clip) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu/attention/clip off
+    measure those pieces (each contender has a process of its own, so what one turns off stays off only there)."""
     if keep:
         keep_freed_memory()
     if not gelu:  # torch's GELU in place of csrc/gelu.cpp
@@ -70,7 +72,8 @@ def ours(
         gpt2.model.PAD_VOCAB_TO = saved
     opt = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     fn = torch.compile(model) if compile_model else model
-    return (lambda x, y: fn(x, y, return_logits=not fused)[1]), opt, model
+    clipping = clip_grad_norm if clip else torch.nn.utils.clip_grad_norm_
+    return (lambda x, y: fn(x, y, return_logits=not fused)[1]), opt, model, clipping
 
 
 def load_nanogpt() -> object | None:
@@ -102,7 +105,7 @@ def nanogpt(module: object, config: GPTConfig, compile_model: bool) -> tuple:
         model = module.GPT(c)
         opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")
     fn = torch.compile(model) if compile_model else model
-    return (lambda x, y: fn(x, y)[1]), opt, model
+    return (lambda x, y: fn(x, y)[1]), opt, model, torch.nn.utils.clip_grad_norm_  # as its train.py clips
 
 
 def transformers_peer(config: GPTConfig) -> tuple:
@@ -123,22 +126,23 @@ def transformers_peer(config: GPTConfig) -> tuple:
     model.config._attn_implementation = "sdpa"
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    return (lambda x, y: model(input_ids=x, labels=x).loss), opt, model  # it shifts the labels itself
+    clipping = torch.nn.utils.clip_grad_norm_
+    return (lambda x, y: model(input_ids=x, labels=x).loss), opt, model, clipping  # it shifts the labels itself
 
 
-def one_step(step: Step, opt: torch.optim.Optimizer, model: torch.nn.Module, xy: tuple, amp) -> float:
+def one_step(step: Step, opt: torch.optim.Optimizer, model: torch.nn.Module, clip: Clip, xy: tuple, amp) -> float:
     t0 = time.perf_counter()
     with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
         loss = step(*xy)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    clip(list(model.parameters()), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 
 
 def make(impl: str, config: GPTConfig) -> tuple:
-    """(step, optimizer, model) of the contender named impl."""
+    """(step, optimizer, model, clip) of the contender named impl."""
     if impl.startswith("nanoGPT"):
         return nanogpt(load_nanogpt(), config, impl.endswith("+compile"))
     if impl == "transformers":
@@ -151,6 +155,7 @@ def make(impl: str, config: GPTConfig) -> tuple:
         "ours, default allocator": partial(ours, config, False, keep=False),
         "ours, torch's GELU": partial(ours, config, False, gelu=False),
         "ours, torch's attention": partial(ours, config, False, attention=False),
+        "ours, torch's clipping": partial(ours, config, False, clip=False),
     }[impl]()
 
 
@@ -182,7 +187,7 @@ def throughput(args: argparse.Namespace) -> None:
     impls = ["ours"]
     if args.ablate:
         impls += ["ours, plain loss", "ours, no padding", "ours, default allocator"]
-        impls += ["ours, torch's GELU", "ours, torch's attention"]
+        impls += ["ours, torch's GELU", "ours, torch's attention", "ours, torch's clipping"]
     if nano:
         impls.append("nanoGPT")
     if args.compile:
@@ -262,7 +267,7 @@ def curve(args: argparse.Namespace) -> None:
             with ctx():
                 _, loss = model(batch[:, :-1], batch[:, 1:], return_logits=False)  # the fused loss, as trained
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip_grad_norm(list(model.parameters()), 1.0)  # as trained
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses[run].append(loss.item())

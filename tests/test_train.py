@@ -19,7 +19,7 @@ from gpt2 import GPT
 from gpt2.data import PrepareConfig, prepare
 from gpt2.errors import GPT2Error
 from gpt2.tokenizer import Tokenizer
-from gpt2.train import TrainConfig, build_model, lr_at, train
+from gpt2.train import TrainConfig, build_model, clip_grad_norm, lr_at, train
 from gpt2.train_config import load_config
 
 SMALL = dict(
@@ -65,6 +65,28 @@ def test_schedule_warmup_then_cosine() -> None:
     assert lr_at(10, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
     assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0, float("inf")])
+def test_clip_grad_norm_matches_torch(scale: float) -> None:
+    # unclipped (norm < 1), clipped, and a norm past float32 (torch's path): the norm and the gradients as torch's
+    torch.manual_seed(0)
+    shapes = [(300, 40), (40,), (7, 3, 5), (1,)]
+    grads = [torch.randn(s) * scale if math.isfinite(scale) else torch.randn(s) * 1e30 for s in shapes]
+    ours, theirs = ([torch.nn.Parameter(torch.zeros(s)) for s in shapes] for _ in range(2))
+    for a, b, g in zip(ours, theirs, grads, strict=True):
+        a.grad, b.grad = g.clone(), g.clone()
+    ours.append(torch.nn.Parameter(torch.zeros(3)))  # no gradient: left out, as by torch
+    norm = clip_grad_norm(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    torch.testing.assert_close(norm, expected, rtol=1e-5, atol=0)
+    for a, b in zip(ours, theirs, strict=False):
+        torch.testing.assert_close(a.grad, b.grad, rtol=2e-6, atol=1e-30)
+    if scale == 1e-3:  # nothing clipped: the gradients are untouched, bit for bit
+        assert all(torch.equal(a.grad, g) for a, g in zip(ours, grads, strict=False))
+    bf16 = [torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))]
+    bf16[0].grad = torch.full((4,), 2.0, dtype=torch.bfloat16)
+    assert clip_grad_norm(bf16, 1.0).item() == 4.0 and torch.allclose(bf16[0].grad.float(), torch.full((4,), 0.5))
 
 
 def test_config_layers_and_errors(tmp_path: Path) -> None:
