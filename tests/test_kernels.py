@@ -266,10 +266,10 @@ SLACK = {torch.float32: (1e-6, 1e-8), torch.bfloat16: (1e-3, 1e-6)}
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,seq,heads", [(2, 100, 2), (1, 64, 1), (3, 65, 3), (1, 1, 1), (1, 257, 2)])
-def test_causal_attention_backward_is_as_exact_as_torchs(dtype, batch, seq, heads) -> None:
+def test_causal_attention_is_as_exact_as_torchs(dtype, batch, seq, heads) -> None:
     attention_backward(dtype)
     torch.manual_seed(seq)
-    qkv = torch.randn(batch, seq, 3 * heads * 64).to(dtype)
+    qkv = (torch.randn(batch, seq, 3 * heads * 64) * 2).to(dtype)  # peaked attention as well as flat
     grad = torch.randn(batch, seq, heads * 64).to(dtype)
     ours, theirs, exact = (qkv.clone().requires_grad_() for _ in range(3))
     assert kernels.causal_attention_applies(ours, heads)
@@ -277,13 +277,28 @@ def test_causal_attention_backward_is_as_exact_as_torchs(dtype, batch, seq, head
     y.backward(grad)
     y_torch = _sdpa(theirs, heads)
     y_torch.backward(grad)
-    _sdpa(exact.double(), heads).backward(grad.double())
-    assert torch.equal(y, y_torch)  # the same forward (torch's flash kernel)
-    ours_err, torch_err = ((g.grad.double() - exact.grad).abs() for g in (ours, theirs))
-    # float32 arithmetic, gradients rounded to the dtype: within torch's own error, elementwise and on average
+    y_exact = _sdpa(exact.double(), heads)
+    y_exact.backward(grad.double())
+    # float32 arithmetic, outputs and gradients rounded to the dtype: within torch's own error, elementwise and on
+    # average, for the output (the forward) and for the gradient (the backward, from the forward's lse)
     max_slack, mean_slack = SLACK[dtype]
-    assert ours_err.max() <= 1.25 * torch_err.max() + max_slack
-    assert ours_err.mean() <= 1.1 * torch_err.mean() + mean_slack
+    for got, theirs_got, expected in ((y, y_torch, y_exact), (ours.grad, theirs.grad, exact.grad)):
+        ours_err, torch_err = ((t.double() - expected).abs() for t in (got, theirs_got))
+        assert ours_err.max() <= 1.25 * torch_err.max() + max_slack
+        assert ours_err.mean() <= 1.1 * torch_err.mean() + mean_slack
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_causal_attention_forward_lse_is_the_exact_log_sum_exp(dtype) -> None:
+    attention_backward(dtype)
+    torch.manual_seed(0)
+    B, T, H = 2, 130, 3
+    qkv = (torch.randn(B, T, 3 * H * 64) * 2).to(dtype)
+    _, lse = torch.ops.gpt2_kernels.causal_attention_forward(qkv, 0.125)
+    q, k, _ = (t.view(B, T, H, 64).transpose(1, 2).double() for t in qkv.split(H * 64, dim=2))
+    scores = (q @ k.transpose(-1, -2) * 0.125).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
+    assert lse.dtype == torch.float32 and lse.shape == (B, H, T)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -318,8 +333,13 @@ def test_causal_attention_keeps_torch_where_it_does_not_apply(dtype) -> None:
         assert not kernels.causal_attention_applies(x, 1)
 
 
-def test_causal_attention_backward_rejects_what_it_cannot_do() -> None:
+def test_causal_attention_rejects_what_it_cannot_do() -> None:
     backward = attention_backward(torch.float32)
+    forward = torch.ops.gpt2_kernels.causal_attention_forward
+    with pytest.raises(RuntimeError, match="qkv must be"):
+        forward(torch.randn(1, 8, 3 * 32), 0.125)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        forward(torch.randn(1, 8, 3 * 64, dtype=torch.float64), 0.125)
     qkv, out, lse = torch.randn(1, 8, 3 * 64), torch.randn(1, 8, 64), torch.zeros(1, 1, 8)
     backward(out, qkv, out, lse, 0.125)  # the shapes it takes
     with pytest.raises(RuntimeError, match="of one dtype only"):
@@ -335,3 +355,5 @@ def test_causal_attention_backward_rejects_what_it_cannot_do() -> None:
     if not torch.ops.gpt2_kernels.causal_attention_backward_supported(torch.bfloat16):
         with pytest.raises(RuntimeError, match="micro-kernels"):
             backward(out.bfloat16(), qkv.bfloat16(), out.bfloat16(), lse, 0.125)
+        with pytest.raises(RuntimeError, match="micro-kernels"):
+            forward(qkv.bfloat16(), 0.125)

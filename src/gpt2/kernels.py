@@ -1,5 +1,5 @@
 """The project's CPU kernels (csrc/*.cpp, one library built on first use): decoding's matrix-vector product,
-training's softmax cross-entropy, GPT-2's GELU and causal attention's backward pass.
+training's softmax cross-entropy, GPT-2's GELU and causal attention's forward and backward passes.
 
 Decoding reads every weight once per token, so batch-1 speed is memory bandwidth. torch's matmul for a single
 row reads GPT-2's matrices at ~18 GB/s (MKL, float32) and ~24 GB/s (oneDNN, bfloat16) on a 2-core machine where
@@ -11,10 +11,11 @@ registers; elsewhere (more rows, a GPU, no kernel) the weights are dequantised f
 the loss and its gradient in one pass over memory per row (torch's ops walk the chunk about ten times).
 `gelu_tanh` is GPT-2's activation (the tanh approximation) and its gradient, csrc/gelu.cpp: one pass over memory
 where torch's CPU kernel for approximate="tanh" computes slowly (~6x its erf GELU's time on an AVX-512 CPU).
-`causal_attention` is torch's flash forward and csrc/attention.cpp's backward, which skips the causal mask's
-masked half: in bfloat16 on CPUs whose oneDNN has the bfloat16 micro-kernels (AMX), 2.2x faster than torch's (a
-124M layer at 1 x 1024 tokens, 8.8 against 19.4 ms on a 2-core AMX Xeon); in float32 through BLAS's sgemm
-where torch carries it (its x86 builds).
+`causal_attention` is csrc/attention.cpp's forward and backward, which skip the causal mask's masked half: in
+bfloat16 on CPUs whose oneDNN has the bfloat16 micro-kernels (AMX), the backward 2.2x faster than torch's flash
+backward (a 124M layer at 1 x 1024 tokens, 8.8 against 19.4 ms on a 2-core AMX Xeon) and the forward at par with
+torch's flash forward (4.8 against 4.7 ms); in float32 through BLAS's sgemm where torch carries it (its x86
+builds), the forward 1.2-1.4x torch's (10.8 against 12.7 ms on the same machine).
 
 The library is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
 and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
@@ -178,22 +179,20 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 class _CausalAttention(torch.autograd.Function):
-    """Causal self-attention of the fused projection's output: torch's CPU flash forward, csrc/attention.cpp's
-    backward (which writes the gradient of qkv whole, with no split, transpose or concatenation between)."""
+    """Causal self-attention of the fused projection's output, forward and backward through csrc/attention.cpp
+    (which reads q, k and v in place from qkv, writes the output whole and the gradient of qkv whole, with no
+    split, transpose or concatenation between)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
-        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
-        y = out.transpose(1, 2).reshape(B, T, C)
+        y, lse = torch.ops.gpt2_kernels.causal_attention_forward(qkv, ATTENTION_HEAD_DIM**-0.5)
         ctx.save_for_backward(qkv, y, lse)
         return y
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_y: torch.Tensor) -> tuple:
         qkv, y, lse = ctx.saved_tensors
-        scale = ATTENTION_HEAD_DIM**-0.5  # torch's default, the forward's
+        scale = ATTENTION_HEAD_DIM**-0.5  # the forward's (torch's default)
         return torch.ops.gpt2_kernels.causal_attention_backward(grad_y.to(qkv.dtype), qkv, y, lse, scale), None
 
 
@@ -208,7 +207,6 @@ def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
         and qkv.shape[2] == 3 * n_head * ATTENTION_HEAD_DIM
         and torch.is_grad_enabled()
         and qkv.requires_grad
-        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")  # the forward's (and its lse)
         and gemv_kernel() is not None
         and torch.ops.gpt2_kernels.causal_attention_backward_supported(qkv.dtype)
     )
@@ -216,7 +214,7 @@ def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
 
 def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     """Causal self-attention (no dropout) of qkv (B, T, 3C: queries, keys, values) -> (B, T, C), where
-    `causal_attention_applies`: torch's flash forward, and a backward through csrc/attention.cpp."""
+    `causal_attention_applies`: forward and backward through csrc/attention.cpp."""
     return _CausalAttention.apply(qkv, n_head)
 
 

@@ -1,17 +1,18 @@
-// The backward pass of causal self-attention for training on the CPU, head dimension 64: the gradients of the
-// queries, keys and values, written straight into the gradient of the fused q/k/v projection's output. bfloat16
-// where oneDNN has its bfloat16 micro-kernels (AMX), float32 where torch carries BLAS's sgemm (x86).
+// Causal self-attention for training on the CPU, head dimension 64, forward and backward: q, k and v read in place
+// from the fused q/k/v projection's output, and the gradients of the queries, keys and values written straight into
+// its gradient. bfloat16 where oneDNN has its bfloat16 micro-kernels (AMX), float32 where torch carries BLAS's sgemm
+// (x86).
 //
-// torch's CPU flash-attention backward took 18-20 ms per GPT-2 124M layer at 1 x 1024 tokens on a 2-core AMX
-// Xeon in bfloat16 (its forward: 4-5 ms), a sixth of the training step; this one 8.8 ms. Each head runs on one
-// core, a block of 64 keys at a time against every query at or after it (the causal mask's other half is never
-// computed):
+// Backward: torch's CPU flash-attention backward took 18-20 ms per GPT-2 124M layer at 1 x 1024 tokens on a 2-core
+// AMX Xeon in bfloat16, a sixth of the training step; this one 8.8 ms. Each head runs on one core, a block of 64
+// keys at a time against every query at or after it (the causal mask's other half is never computed):
 //   S = Q K_j^T, dP = dO V_j^T                      (queries x 64, float32)
 //   P = exp(S * scale - lse), dS = P (dP - D) scale   (D = rowsum(dO * O); one pass)
 //   dV_j = P^T dO, dK_j = dS^T Q                     (64 x 64, summed over the queries: one long product each)
 //   dQ += dS K_j
-// lse is the forward's log-sum-exp of the scaled scores (torch's flash forward returns it), so P is recomputed
-// exactly as the forward made it.
+// lse is the forward's log-sum-exp of the scaled scores, so P is recomputed exactly as the forward made it.
+// Forward: a chunk of 128 queries at a time, S against every key up to the chunk's last query, each row's exact
+// softmax, O = P V in one product (see "forward" below).
 // bfloat16: the products are oneDNN's batch-reduce GEMM micro-kernels through torch (at::native::cpublas::brgemm,
 // the building block of torch's own CPU flash-attention forward), on AMX tiles; their B operands are written in
 // its pair-interleaved (VNNI) layout as they are made. The queries go through in chunks of 128, so that their
@@ -22,8 +23,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <memory>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "vectors.h"
@@ -34,9 +40,10 @@ namespace blas = at::native::cpublas;
 constexpr int64_t D = 64;   // head dimension (every GPT-2 size has 64)
 constexpr int64_t KB = 64;  // keys per block: the widest B operand the micro-kernel's packing takes
 
-// C (m x n, float32, row stride n) = or += A (m x k, bfloat16, row stride lda) times packed B
-void gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b_packed, float* c, bool add) {
-  blas::brgemm(m, n, k, lda, n, n, add, a, b_packed, c, true);
+// C (m x n, float32, row stride ldc, default n) = or += A (m x k, bfloat16, row stride lda) times packed B
+void gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b_packed, float* c, bool add,
+          int64_t ldc = 0) {
+  blas::brgemm(m, n, k, lda, n, ldc ? ldc : n, add, a, b_packed, c, true);
 }
 
 typedef uint16_t vh2 __attribute__((vector_size(4 * L)));  // two vh side by side
@@ -255,10 +262,147 @@ void head_backward_float(const float* q, const float* k, const float* v, const f
   }
 }
 
+// ------------------------------------------------------------------------------------------------ forward
+// A chunk of queries at a time against every key at or before its last query: S in one pass (float32, in the core's
+// cache), each row's exact softmax (no running rescale: its max and sum are known before a single exp is kept),
+// then O = P V in one product whose inner dimension is every one of those keys.
+constexpr int64_t FWD_CHUNK = 128;
+// The row stride of the chunk's S and P: the keys and 64 more. With T = 1024 a row of S was 4 KB, all 128 rows of a
+// product's output fell into the same sets of the L1 cache, and the bfloat16 forward took 5.7 ms per 124M layer
+// at 1 x 1024 tokens against 4.8 with the padding (2-core AMX Xeon).
+inline int64_t padded_row(int64_t keys) { return keys + 64; }
+
+// One query's row of S (keys 0 to n - 1, n a multiple of L; keys past `t` come after the query) becomes
+// exp(S scale - max), written to p (float32 or bfloat16): the softmax before its division, which is left to the
+// product's output (as torch's flash forward does: the largest P is then 1, exact in bfloat16). Returns the row's
+// log-sum-exp of its scaled scores and 1 / its sum.
+template <typename T>
+std::pair<float, float> row_softmax(const float* s, T* p, int64_t n, int64_t t, float scale) {
+  const float inf = std::numeric_limits<float>::infinity();
+  vf mx = splat(-inf);
+  for (int64_t c = 0; c < n; c += L) {
+    const vf x = load(s + c);
+    mx = (iota() + static_cast<float>(c)) > static_cast<float>(t) || x < mx ? mx : x;
+  }
+  const float m = hmax(mx);
+  const vf mv = splat(m);
+  vf sum{};
+  for (int64_t c = 0; c < n; c += L) {
+    const vf e = vexp((load(s + c) - mv) * scale);  // <= 0 for the query's keys; the others are dropped
+    const vf kept = (iota() + static_cast<float>(c)) > static_cast<float>(t) ? splat(0.f) : e;
+    store(p + c, kept);
+    sum += kept;
+  }
+  const float total = hsum(sum);
+  return {m * scale + std::log(total), 1.f / total};
+}
+
+// O's row (D float32 values) divided by its softmax's sum, to out
+template <typename T>
+inline void store_row(T* out, const float* o, float inv) {
+  const vf iv = splat(inv);
+  for (int64_t d = 0; d < D; d += L) store(out + d, load(o + d) * iv);
+}
+
+// bfloat16: K_j^T blocks and V packed once per head (T rounded up to a block, padding keys zero), S block by block
+// on the micro-kernels, P rounded to bfloat16 as the product's A operand, O in float32 rounded once.
+struct ForwardScratch {
+  explicit ForwardScratch(int64_t tp)
+      : rows(tp * D), kt(tp * D), v(tp * D), s(FWD_CHUNK * padded_row(tp)), p(FWD_CHUNK * padded_row(tp)),
+        o(FWD_CHUNK * D), inv(FWD_CHUNK) {}
+  std::vector<bf16> rows;
+  std::vector<uint16_t> kt, v;
+  std::vector<float> s;
+  std::vector<bf16> p;
+  std::vector<float> o, inv;
+};
+
+void head_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int64_t T, int64_t ld,
+                  int64_t ld_o, float scale, ForwardScratch& w) {
+  const int64_t tp = static_cast<int64_t>(w.kt.size()) / D, ls = padded_row(tp);
+  for (auto [x, packed] : {std::pair{k, &w.kt}, std::pair{v, &w.v}}) {  // gather the rows (zero past T), pack
+    for (int64_t t = 0; t < tp; ++t) {
+      if (t < T)
+        std::memcpy(w.rows.data() + t * D, x + t * ld, D * sizeof(bf16));
+      else
+        std::fill_n(w.rows.data() + t * D, D, bf16(0.f));
+    }
+    for (int64_t kb = 0; kb < tp; kb += KB)
+      (x == k ? pack_transposed : pack_rows)(w.rows.data() + kb * D, packed->data() + kb * D);
+  }
+  const bf16* kt = reinterpret_cast<const bf16*>(w.kt.data());
+  const bf16* vp = reinterpret_cast<const bf16*>(w.v.data());
+  for (int64_t q0 = 0; q0 < T; q0 += FWD_CHUNK) {
+    const int64_t m = std::min(FWD_CHUNK, T - q0), n = (q0 + m + KB - 1) / KB * KB;  // keys: whole blocks
+    for (int64_t kb = 0; kb < n; kb += KB)
+      gemm(m, KB, D, q + q0 * ld, ld, kt + kb * D, w.s.data() + kb, false, ls);  // S = Q K_j^T
+    for (int64_t r = 0; r < m; ++r)
+      std::tie(lse[q0 + r], w.inv[r]) = row_softmax(w.s.data() + r * ls, w.p.data() + r * ls, n, q0 + r, scale);
+    gemm(m, D, n, w.p.data(), ls, vp, w.o.data(), false);  // O = P V
+    for (int64_t r = 0; r < m; ++r) store_row(out + (q0 + r) * ld_o, w.o.data() + r * D, w.inv[r]);
+  }
+}
+
+// float32: S and O = P V through sgemm, operands read in place and O written in place.
+void head_forward_float(const float* q, const float* k, const float* v, float* out, float* lse, int64_t T,
+                        int64_t ld, int64_t ld_o, float scale, std::vector<float>& s) {
+  const int64_t ls = static_cast<int64_t>(s.size()) / FWD_CHUNK;  // padded_row of T rounded up to L
+  for (int64_t q0 = 0; q0 < T; q0 += FWD_CHUNK) {
+    const int64_t m = std::min(FWD_CHUNK, T - q0), keys = q0 + m, n = (keys + L - 1) / L * L;
+    product(false, true, m, keys, D, q + q0 * ld, ld, k, ld, s.data(), ls, false);  // S = Q K^T
+    float inv[FWD_CHUNK];
+    for (int64_t r = 0; r < m; ++r) {  // columns from `keys` to n: unwritten, after every query of the chunk
+      float* row = s.data() + r * ls;
+      std::tie(lse[q0 + r], inv[r]) = row_softmax(row, row, n, q0 + r, scale);
+    }
+    product(false, false, m, D, keys, s.data(), ls, v, ld, out + q0 * ld_o, ld_o, false);  // O = P V
+    for (int64_t r = 0; r < m; ++r) store_row(out + (q0 + r) * ld_o, out + (q0 + r) * ld_o, inv[r]);
+  }
+}
+
 // Whether the op takes tensors of this dtype here: float32 where torch carries BLAS's sgemm, bfloat16 where the
 // CPU has the micro-kernels.
 bool causal_attention_backward_supported(c10::ScalarType dtype) {
   return dtype == at::kFloat ? sgemm_ != nullptr : dtype == at::kBFloat16 && supported();
+}
+
+// qkv (B, T, 3C) as below; returns the attention's output (B, T, C) and lse (B, H, T, float32), the log-sum-exp of
+// each query's scaled scores, which the backward takes.
+std::tuple<at::Tensor, at::Tensor> causal_attention_forward(const at::Tensor& qkv, double scale) {
+  const char* op = "causal_attention_forward";
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * D) == 0, op, ": qkv must be (B, T, 3C), heads of ", D);
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = C / D;
+  const auto dtype = qkv.scalar_type();
+  TORCH_CHECK((dtype == at::kBFloat16 || dtype == at::kFloat) && qkv.device().is_cpu(), op,
+              ": a float32 or bfloat16 CPU tensor only");
+  TORCH_CHECK(causal_attention_backward_supported(dtype), op,
+              dtype == at::kFloat ? ": float32 needs BLAS's sgemm, which this build of torch lacks"
+                                  : ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
+  const auto x = qkv.contiguous();
+  auto out = at::empty({B, T, C}, x.options());
+  auto lse = at::empty({B, H, T}, x.options().dtype(at::kFloat));
+  float* lp = lse.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  const int64_t tp = (T + KB - 1) / KB * KB;
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::unique_ptr<ForwardScratch> w;
+    std::vector<float> s;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i % H;
+      const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
+      if (dtype == at::kBFloat16) {
+        if (!w) w = std::make_unique<ForwardScratch>(tp);
+        const bf16* xp = x.data_ptr<bf16>() + base;
+        head_forward(xp, xp + C, xp + 2 * C, out.data_ptr<bf16>() + obase, lp + i * T, T, 3 * C, C, sc, *w);
+      } else {
+        if (s.empty()) s.resize(FWD_CHUNK * padded_row((T + L - 1) / L * L));
+        const float* xp = x.data_ptr<float>() + base;
+        head_forward_float(xp, xp + C, xp + 2 * C, out.data_ptr<float>() + obase, lp + i * T, T, 3 * C, C, sc, s);
+      }
+    }
+    if (dtype == at::kBFloat16) blas::brgemm_release(true);
+  });
+  return {out, lse};
 }
 
 // qkv (B, T, 3C): the fused projection's output (queries, keys, values, heads of 64 side by side), out (B, T, C)
@@ -315,10 +459,14 @@ at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gpt2_kernels, m) {
+  m.def("causal_attention_forward(Tensor qkv, float scale) -> (Tensor, Tensor)");
   m.def("causal_attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, float scale) -> Tensor");
   m.def("causal_attention_backward_supported(ScalarType dtype) -> bool");
 }
-TORCH_LIBRARY_IMPL(gpt2_kernels, CPU, m) { m.impl("causal_attention_backward", &causal_attention_backward); }
+TORCH_LIBRARY_IMPL(gpt2_kernels, CPU, m) {
+  m.impl("causal_attention_forward", &causal_attention_forward);
+  m.impl("causal_attention_backward", &causal_attention_backward);
+}
 TORCH_LIBRARY_IMPL(gpt2_kernels, CatchAll, m) {
   m.impl("causal_attention_backward_supported", &causal_attention_backward_supported);
 }

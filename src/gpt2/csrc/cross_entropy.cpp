@@ -27,12 +27,6 @@ namespace {
 // does not depend on the vector width) and enough independent chains to hide exp's latency.
 constexpr int64_t U = 32 / L;
 
-inline float hmax(vf v) {
-  float m = v[0];
-  for (int k = 1; k < L; ++k) m = v[k] > m ? v[k] : m;
-  return m;
-}
-
 // One row: x (vocab_size real columns, then padding up to `padded`) becomes its gradient; returns its loss.
 // e is float32 scratch for exp(x - max), x itself where x is float32.
 template <typename T>

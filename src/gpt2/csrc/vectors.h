@@ -54,6 +54,11 @@ inline float hsum(vf v) {
   for (int k = 0; k < L; ++k) s += v[k];
   return s;
 }
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int k = 1; k < L; ++k) m = v[k] > m ? v[k] : m;
+  return m;
+}
 
 // Loads and stores of L elements, float32 or bfloat16 (bfloat16 is float32's top half: widening is a shift).
 inline vf load(const c10::BFloat16* p) {
