@@ -135,10 +135,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
         grad_x, grad_w = ctx.saved_tensors
-        # No new (V, C) gradient: the saved ones are this op's own, used nowhere else. Where the loss was not
-        # scaled (grad_loss 1, read without a device sync on the CPU) they go out as they are; else they are
-        # scaled in place (a second backward through a retained graph then fails on their version counter
-        # rather than scale them twice). 124M, bf16, 1 x 1024 tokens, 2-core AMX Xeon: +3.2% a step.
+        # No new (V, C) gradient (154 MB in float32 at GPT-2's width 768): the saved ones are this op's own, used
+        # nowhere else. Where the loss was not scaled (grad_loss 1, read without a device sync on the CPU) they go
+        # out as they are; else they are scaled in place (a second backward through a retained graph then fails on
+        # their version counter rather than scale them twice).
         if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
             grad_x.mul_(grad_loss)
             grad_w.mul_(grad_loss)
