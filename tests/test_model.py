@@ -258,6 +258,19 @@ def test_fused_loss_unscaled_and_scaled_gradients_and_a_second_backward() -> Non
         loss.backward()
 
 
+def test_fused_loss_compiles_as_one_graph() -> None:
+    # torch.compile (compile = "auto") must trace the loss and its backward whole: a graph break (reading a tensor's
+    # value, say) had made our compiled gpt2-mini step 0.99x nanoGPT's compiled one
+    from gpt2.fused_loss import linear_cross_entropy
+
+    x, w, t = _loss_inputs(50, 150)
+    compiled = torch.compile(lambda x, w, t: linear_cross_entropy(x, w, t, 150), backend="eager", fullgraph=True)
+    loss = compiled(x, w, t)
+    loss.backward()
+    expected = torch.nn.functional.cross_entropy(x @ w[:150].t(), t, ignore_index=-1)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_sparse_embedding_gradient_is_the_dense_one(monkeypatch) -> None:
     # the lookup's sparse gradient (CPU training) adds into the output layer's dense one: the tied matrix's
     # gradient must be dense (fused AdamW takes no sparse gradient) and equal the dense lookup's, also accumulated

@@ -136,10 +136,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
         grad_x, grad_w = ctx.saved_tensors
         # No new (V, C) gradient (154 MB in float32 at GPT-2's width 768): the saved ones are this op's own, used
-        # nowhere else. Where the loss was not scaled (grad_loss 1, read without a device sync on the CPU) they go
-        # out as they are; else they are scaled in place (a second backward through a retained graph then fails on
-        # their version counter rather than scale them twice).
-        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
+        # nowhere else. Where the loss was not scaled (grad_loss 1, read without a device sync on the CPU, and not
+        # under torch.compile, where reading it would break the graph) they go out as they are; else they are
+        # scaled in place (a second backward through a retained graph then fails on their version counter rather
+        # than scale them twice).
+        unscaled = grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and grad_loss.item() == 1.0
+        if not unscaled:
             grad_x.mul_(grad_loss)
             grad_w.mul_(grad_loss)
         return grad_x, grad_w, None, None, None, None, None, None
