@@ -184,9 +184,9 @@ class VocabEmbedding(_PaddedRows, nn.Embedding):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         # Training on the CPU: a sparse gradient (the looked-up rows only). The matrix is tied to the output
         # layer, whose dense gradient it is added into, so the parameter's gradient stays dense; the dense lookup
-        # gradient zeroes and then adds all 50,304 rows (at 124M, 1 x 1024 tokens, 25 against 2 ms on a 2-core AMX
-        # Xeon; +1.6% a bf16 step). Not a module-level `sparse=True`: DistributedDataParallel would then expect a
-        # sparse gradient for the parameter. Not under torch.compile, which traces dense gradients only.
+        # gradient zeroes and then adds all 50,304 rows (at 124M, 2 x 1024 tokens, 25 against 2 ms on a 2-core AMX
+        # Xeon; +1.6% a bf16 step of 1 x 1024). Not a module-level `sparse=True`: DistributedDataParallel would then
+        # expect a sparse gradient for the parameter. Not under torch.compile, which traces dense gradients only.
         sparse = (
             idx.device.type == "cpu"
             and torch.is_grad_enabled()
