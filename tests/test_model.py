@@ -286,12 +286,29 @@ def test_sparse_embedding_gradient_is_the_dense_one(monkeypatch) -> None:
         assert grad.layout == torch.strided
         return grad.clone()
 
-    assert model.transformer.wte(idx[0]).grad_fn._saved_sparse  # the lookup under test is the sparse one
+    assert model.transformer.wte(idx[0], sparse_grad=True).grad_fn._saved_sparse  # the lookup under test
     got = accumulated()
-    monkeypatch.setattr(type(model.transformer.wte), "forward", torch.nn.Embedding.forward)  # the dense lookup
+    dense = lambda self, idx, sparse_grad=False: torch.nn.Embedding.forward(self, idx)  # noqa: E731
+    monkeypatch.setattr(type(model.transformer.wte), "forward", dense)
     expected = accumulated()
     assert got.abs().sum() > 0
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_embedding_gradient_is_dense_without_the_tied_output_layer() -> None:
+    # a backbone's use (hidden states into a head of one's own) or an untied output layer: no dense gradient joins
+    # the lookup's, so it must be dense itself, or fused AdamW would refuse the parameter's
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).train()
+    idx = torch.randint(0, 97, (2, 11))
+    model.hidden_states(idx).pow(2).mean().backward()
+    assert model.transformer.wte.weight.grad.layout == torch.strided
+    opt = torch.optim.AdamW(model.parameters(), fused=True)
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untied
+    model(idx, idx, return_logits=False)[1].backward()
+    assert model.transformer.wte.weight.grad.layout == torch.strided
 
 
 def _loss_inputs(rows: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -181,14 +181,18 @@ class VocabEmbedding(_PaddedRows, nn.Embedding):
         super().__init__(padded_rows, n_embd)
         self.vocab_size = vocab_size
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        # Training on the CPU: a sparse gradient (the looked-up rows only). The matrix is tied to the output
-        # layer, whose dense gradient it is added into, so the parameter's gradient stays dense; the dense lookup
-        # gradient zeroes and then adds all 50,304 rows (at 124M, 2 x 1024 tokens, 25 against 2 ms on a 2-core AMX
-        # Xeon; +1.6% a bf16 step of 1 x 1024). Not a module-level `sparse=True`: DistributedDataParallel would then
-        # expect a sparse gradient for the parameter. Not under torch.compile, which traces dense gradients only.
+    def forward(self, idx: torch.Tensor, sparse_grad: bool = False) -> torch.Tensor:
+        """The rows of idx. sparse_grad: the caller adds a dense gradient of this matrix in the same backward (GPT's
+        tied output layer), so a sparse one of the looked-up rows suffices; taken when training on the CPU.
+
+        The dense lookup gradient zeroes and then adds all 50,304 rows (at 124M, 2 x 1024 tokens, 25 against 2 ms on
+        a 2-core AMX Xeon; +1.6% a bf16 step of 1 x 1024). Alone, a sparse gradient would be the parameter's, which
+        fused AdamW refuses: hence the caller's word. Not a module-level `sparse=True`: DistributedDataParallel would
+        then expect a sparse gradient for the parameter. Not under torch.compile, which traces dense gradients only.
+        """
         sparse = (
-            idx.device.type == "cpu"
+            sparse_grad
+            and idx.device.type == "cpu"
             and torch.is_grad_enabled()
             and self.weight.requires_grad
             and not torch.compiler.is_compiling()
@@ -316,7 +320,8 @@ class GPT(nn.Module):
         (None, loss), the loss computed by gpt2.fused_loss without ever holding the (B*T, vocab) logits: what
         training uses, the same loss and gradients at a fraction of the output layer's memory traffic.
         """
-        h = self.hidden_states(idx)
+        tied = self.lm_head.weight is self.transformer.wte.weight  # its dense gradient joins the lookup's
+        h = self.hidden_states(idx, sparse_lookup=tied)
         if targets is None:
             return self.lm_head(h)
         if not return_logits:
@@ -346,11 +351,15 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        *,
+        sparse_lookup: bool = False,
     ) -> torch.Tensor:
         """The final LayerNorm's outputs (B, T, n_embd) for token ids (B, T); lm_head of them are the logits.
 
         Scoring needs the logits of a few positions only and projects just those, skipping most of the
         vocabulary matmul (a third of GPT-2 small's compute). With a cache this runs as forward_cached does.
+        sparse_lookup: the token embedding's gradient may be sparse (VocabEmbedding), for callers that also put the
+        tied output layer in the graph.
         """
         B, T = idx.shape
         start = 0 if cache is None else cache.length
@@ -362,7 +371,7 @@ class GPT(nn.Module):
             position_ids = torch.arange(start, start + T, device=idx.device).expand(B, T)
         if cache is not None and attn_mask is None:
             attn_mask = cache.causal_mask(T, idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
+        x = self.transformer.drop(self.transformer.wte(idx, sparse_lookup) + self.transformer.wpe(position_ids))
         for block in self.transformer.h:
             x = block(x, cache, attn_mask)
         if cache is not None:
