@@ -2,7 +2,8 @@
 transformers' GPT-2), interleaved so that a busy machine slows every contender alike.
 
 One iteration is a whole optimizer step (forward, backward, gradient clipping, AdamW). Ours is what `gpt2 train`
-runs: the fused output layer + loss, the padded vocabulary, torch's fused AdamW. nanoGPT is imported from a
+runs: the fused output layer + loss, the padded vocabulary, gpt2.train.clip_grad_norm, torch's fused AdamW; the
+others clip with torch's clip_grad_norm_, as their training scripts do. nanoGPT is imported from a
 checkout when NANOGPT_DIR is set (its model.py and its configure_optimizers, as its train.py uses them; it is
 not vendored here, and the bench runs without it); its vocabulary is its own 50,304. Each contender lives in a
 process of its own, as each is run by its users: ours sets what `gpt2 train` sets for the process (glibc's
