@@ -241,7 +241,7 @@ def attention_backward(dtype: torch.dtype):
     oneDNN has the bfloat16 micro-kernels)."""
     if kernels.gemv_kernel() is None:
         pytest.skip("the CPU kernels could not be built here")
-    if not torch.ops.gpt2_kernels.causal_attention_backward_supported(dtype):
+    if not torch.ops.gpt2_kernels.causal_attention_supported(dtype):
         cpuinfo = Path("/proc/cpuinfo")
         if dtype == torch.bfloat16:
             # with AMX the micro-kernels are there: unsupported then means their packed layout is not the kernel's
@@ -352,7 +352,7 @@ def test_causal_attention_rejects_what_it_cannot_do() -> None:
         backward(out, torch.randn(1, 8, 3 * 32), out, lse, 0.125)
     with pytest.raises(RuntimeError, match="out and grad_out"):
         backward(out[:, :4], qkv, out, lse, 0.125)
-    if not torch.ops.gpt2_kernels.causal_attention_backward_supported(torch.bfloat16):
+    if not torch.ops.gpt2_kernels.causal_attention_supported(torch.bfloat16):
         with pytest.raises(RuntimeError, match="micro-kernels"):
             backward(out.bfloat16(), qkv.bfloat16(), out.bfloat16(), lse, 0.125)
         with pytest.raises(RuntimeError, match="micro-kernels"):

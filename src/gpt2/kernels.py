@@ -208,7 +208,7 @@ def causal_attention_applies(qkv: torch.Tensor, n_head: int) -> bool:
         and torch.is_grad_enabled()
         and qkv.requires_grad
         and gemv_kernel() is not None
-        and torch.ops.gpt2_kernels.causal_attention_backward_supported(qkv.dtype)
+        and torch.ops.gpt2_kernels.causal_attention_supported(qkv.dtype)
     )
 
 

@@ -94,15 +94,18 @@ inline float row_dot(const T* a, const T* b) {
   return hsum(acc);
 }
 
+// Which of the L keys c to c + L - 1 come after query position t (the causal mask's masked part)
+inline auto after(int64_t c, int64_t t) { return (iota() + static_cast<float>(c)) > static_cast<float>(t); }
+
 // P = exp(S scale - lse) and dS = P (dP - D) scale for L keys, c to c + L - 1 of a block, of one query whose
 // position in the block is diag (keys past it come after the query: P = dS = 0 there, whatever S and dP hold).
 // lse is the forward's log-sum-exp of the query's scaled scores, so S scale - lse <= 0: exp's whole range.
 inline void probs_and_grad(vf s, vf dp, vf lse, vf delta, float scale, int64_t c, int64_t diag, vf& p,
                            vf& ds) {
-  const auto after = (iota() + static_cast<float>(c)) > static_cast<float>(diag);
+  const auto masked = after(c, diag);
   const vf pv = vexp(s * scale - lse);
-  p = after ? splat(0.f) : pv;
-  ds = after ? splat(0.f) : pv * (dp - delta) * scale;
+  p = masked ? splat(0.f) : pv;
+  ds = masked ? splat(0.f) : pv * (dp - delta) * scale;
 }
 
 constexpr int64_t CHUNK = 128;  // queries whose scores are in flight at once (their float32 rows stay in L1/L2)
@@ -282,14 +285,14 @@ std::pair<float, float> row_softmax(const float* s, T* p, int64_t n, int64_t t, 
   vf mx = splat(-inf);
   for (int64_t c = 0; c < n; c += L) {
     const vf x = load(s + c);
-    mx = (iota() + static_cast<float>(c)) > static_cast<float>(t) || x < mx ? mx : x;
+    mx = after(c, t) || x < mx ? mx : x;
   }
   const float m = hmax(mx);
   const vf mv = splat(m);
   vf sum{};
   for (int64_t c = 0; c < n; c += L) {
     const vf e = vexp((load(s + c) - mv) * scale);  // <= 0 for the query's keys; the others are dropped
-    const vf kept = (iota() + static_cast<float>(c)) > static_cast<float>(t) ? splat(0.f) : e;
+    const vf kept = after(c, t) ? splat(0.f) : e;
     store(p + c, kept);
     sum += kept;
   }
@@ -309,12 +312,12 @@ inline void store_row(T* out, const float* o, float inv) {
 struct ForwardScratch {
   explicit ForwardScratch(int64_t tp)
       : rows(tp * D), kt(tp * D), v(tp * D), s(FWD_CHUNK * padded_row(tp)), p(FWD_CHUNK * padded_row(tp)),
-        o(FWD_CHUNK * D), inv(FWD_CHUNK) {}
+        o(FWD_CHUNK * D) {}
   std::vector<bf16> rows;
   std::vector<uint16_t> kt, v;
   std::vector<float> s;
   std::vector<bf16> p;
-  std::vector<float> o, inv;
+  std::vector<float> o;
 };
 
 void head_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int64_t T, int64_t ld,
@@ -336,10 +339,11 @@ void head_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float*
     const int64_t m = std::min(FWD_CHUNK, T - q0), n = (q0 + m + KB - 1) / KB * KB;  // keys: whole blocks
     for (int64_t kb = 0; kb < n; kb += KB)
       gemm(m, KB, D, q + q0 * ld, ld, kt + kb * D, w.s.data() + kb, false, ls);  // S = Q K_j^T
+    float inv[FWD_CHUNK];
     for (int64_t r = 0; r < m; ++r)
-      std::tie(lse[q0 + r], w.inv[r]) = row_softmax(w.s.data() + r * ls, w.p.data() + r * ls, n, q0 + r, scale);
+      std::tie(lse[q0 + r], inv[r]) = row_softmax(w.s.data() + r * ls, w.p.data() + r * ls, n, q0 + r, scale);
     gemm(m, D, n, w.p.data(), ls, vp, w.o.data(), false);  // O = P V
-    for (int64_t r = 0; r < m; ++r) store_row(out + (q0 + r) * ld_o, w.o.data() + r * D, w.inv[r]);
+    for (int64_t r = 0; r < m; ++r) store_row(out + (q0 + r) * ld_o, w.o.data() + r * D, inv[r]);
   }
 }
 
@@ -360,10 +364,17 @@ void head_forward_float(const float* q, const float* k, const float* v, float* o
   }
 }
 
-// Whether the op takes tensors of this dtype here: float32 where torch carries BLAS's sgemm, bfloat16 where the
-// CPU has the micro-kernels.
-bool causal_attention_backward_supported(c10::ScalarType dtype) {
+// Whether the two ops take tensors of this dtype here: float32 where torch carries BLAS's sgemm, bfloat16 where
+// the CPU has the micro-kernels.
+bool causal_attention_supported(c10::ScalarType dtype) {
   return dtype == at::kFloat ? sgemm_ != nullptr : dtype == at::kBFloat16 && supported();
+}
+
+// The ops' refusal where causal_attention_supported says no, naming what is missing
+void check_supported(c10::ScalarType dtype, const char* op) {
+  TORCH_CHECK(causal_attention_supported(dtype), op,
+              dtype == at::kFloat ? ": float32 needs BLAS's sgemm, which this build of torch lacks"
+                                  : ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
 }
 
 // qkv (B, T, 3C) as below; returns the attention's output (B, T, C) and lse (B, H, T, float32), the log-sum-exp of
@@ -375,9 +386,7 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_forward(const at::Tensor& qk
   const auto dtype = qkv.scalar_type();
   TORCH_CHECK((dtype == at::kBFloat16 || dtype == at::kFloat) && qkv.device().is_cpu(), op,
               ": a float32 or bfloat16 CPU tensor only");
-  TORCH_CHECK(causal_attention_backward_supported(dtype), op,
-              dtype == at::kFloat ? ": float32 needs BLAS's sgemm, which this build of torch lacks"
-                                  : ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
+  check_supported(dtype, op);
   const auto x = qkv.contiguous();
   auto out = at::empty({B, T, C}, x.options());
   auto lse = at::empty({B, H, T}, x.options().dtype(at::kFloat));
@@ -420,9 +429,7 @@ at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tenso
               ": out and grad_out must be (B, T, C)");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == at::IntArrayRef({B, H, T}), op,
               ": lse must be float32 (B, H, T)");
-  TORCH_CHECK(causal_attention_backward_supported(dtype), op,
-              dtype == at::kFloat ? ": float32 needs BLAS's sgemm, which this build of torch lacks"
-                                  : ": bfloat16 needs oneDNN's bfloat16 micro-kernels (AMX), which this CPU lacks");
+  check_supported(dtype, op);
   const auto x = qkv.contiguous(), o = out.contiguous(), g = grad_out.contiguous(), l = lse.contiguous();
   auto dx = at::empty_like(x);
   const float* lp = l.data_ptr<float>();
@@ -461,12 +468,12 @@ at::Tensor causal_attention_backward(const at::Tensor& grad_out, const at::Tenso
 TORCH_LIBRARY_FRAGMENT(gpt2_kernels, m) {
   m.def("causal_attention_forward(Tensor qkv, float scale) -> (Tensor, Tensor)");
   m.def("causal_attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, float scale) -> Tensor");
-  m.def("causal_attention_backward_supported(ScalarType dtype) -> bool");
+  m.def("causal_attention_supported(ScalarType dtype) -> bool");
 }
 TORCH_LIBRARY_IMPL(gpt2_kernels, CPU, m) {
   m.impl("causal_attention_forward", &causal_attention_forward);
   m.impl("causal_attention_backward", &causal_attention_backward);
 }
 TORCH_LIBRARY_IMPL(gpt2_kernels, CatchAll, m) {
-  m.impl("causal_attention_backward_supported", &causal_attention_backward_supported);
+  m.impl("causal_attention_supported", &causal_attention_supported);
 }
