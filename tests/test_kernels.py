@@ -357,3 +357,116 @@ def test_causal_attention_rejects_what_it_cannot_do() -> None:
             backward(out.bfloat16(), qkv.bfloat16(), out.bfloat16(), lse, 0.125)
         with pytest.raises(RuntimeError, match="micro-kernels"):
             forward(qkv.bfloat16(), 0.125)
+
+
+# ------------------------------------------------------------------------------------ the row-split matmul
+def _split_everywhere(monkeypatch) -> None:
+    """Take the row split for every bfloat16 product, whatever this machine's CPU and thread count (the op itself
+    is torch's matmul on each thread's rows, so it runs anywhere; the rule only says where it is faster)."""
+    monkeypatch.setattr(kernels, "split_rows_applies", lambda rows, columns: True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 1001, 1024])
+def test_split_rows_matmul_is_torchs_matmul_of_each_part(gemv, dtype, rows) -> None:
+    torch.manual_seed(rows)
+    split = torch.ops.gpt2_kernels.split_rows_matmul
+    a, w, bias = torch.randn(rows, 96, dtype=dtype), torch.randn(80, 96, dtype=dtype), torch.randn(80, dtype=dtype)
+    for b, c in ((w.t(), None), (w.t(), bias), (w.t().contiguous(), bias)):  # a weight's transpose view, contiguous
+        y = split(a, b, c)
+        assert y.dtype == dtype and y.shape == (rows, 80) and y.is_contiguous()
+        exact = a.double() @ b.double() + (0 if c is None else c.double())
+        # each part is torch's own product of its rows: within its rounding of the exact one (one bfloat16 rounding)
+        tol = {"rtol": 2**-8, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-4}
+        torch.testing.assert_close(y.double(), exact, **tol)
+        torch.testing.assert_close(y, a @ b if c is None else torch.addmm(c, a, b), **tol)
+
+
+def test_split_rows_matmul_rejects_what_it_cannot_do(gemv) -> None:
+    split = torch.ops.gpt2_kernels.split_rows_matmul
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with pytest.raises(RuntimeError, match=r"a \(M, K\) and b \(K, N\)"):
+        split(a, b.t(), None)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        split(a, b.bfloat16(), None)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        split(a, b, torch.zeros(4))
+
+
+def test_split_rows_rule_is_the_measured_shapes_threads_and_cpu(gemv, monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "SPLIT_THREADS", torch.get_num_threads())
+    supported = torch.ops.gpt2_kernels.split_rows_supported()
+    assert kernels.split_rows_applies(1024, 768) == supported  # 124M at 1 x 1024 tokens
+    assert kernels.split_rows_applies(768, 513) == kernels.split_rows_applies(1200, 768) == supported
+    for rows, columns in ((1024, 3072), (1024, 384), (2048, 768), (767, 768), (1201, 768), (1024, 1024)):
+        assert not kernels.split_rows_applies(rows, columns)
+    monkeypatch.setattr(kernels, "SPLIT_THREADS", torch.get_num_threads() + 1)
+    assert not kernels.split_rows_applies(1024, 768)  # measured on SPLIT_THREADS threads only
+
+
+@pytest.mark.parametrize("shape", [(1024, 96), (2, 37, 96)])
+def test_training_linear_is_autocasts_linear_and_its_gradients(gemv, monkeypatch, shape) -> None:
+    _split_everywhere(monkeypatch)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 80)
+    x = torch.randn(*shape, requires_grad=True)
+    g = torch.randn(*shape[:-1], 80) * 0.1  # the output's gradient (cast to bfloat16 by autograd, as in training)
+    results = []
+    for ours in (True, False):
+        layer.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kernels.training_linear_applies(x, layer.weight)
+            y = kernels.linear(x, layer.weight, layer.bias) if ours else F.linear(x, layer.weight, layer.bias)
+        assert (type(y.grad_fn).__name__ == "_TrainingLinearBackward") == ours
+        y.backward(g)
+        results.append((y, x.grad, layer.weight.grad, layer.bias.grad))
+    for mine, autocasts in zip(results[0], results[1], strict=True):
+        assert mine.dtype == autocasts.dtype and mine.shape == autocasts.shape
+        assert mine.is_contiguous()  # a parameter's gradient kept as it comes, with no copy into another layout
+        # the same bfloat16 products (the weight's gradient: the same matmul); summed in another order at most
+        torch.testing.assert_close(mine.float(), autocasts.float(), rtol=2**-7, atol=1e-5)
+
+
+def test_training_linear_skips_gradients_nobody_wants(gemv, monkeypatch) -> None:
+    _split_everywhere(monkeypatch)
+    layer = torch.nn.Linear(64, 64)
+    layer.weight.requires_grad_(False)
+    x = torch.randn(16, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kernels.linear(x, layer.weight, layer.bias)
+    y.float().sum().backward()
+    assert layer.weight.grad is None and x.grad is not None and layer.bias.grad is not None
+
+
+def test_training_linear_keeps_torch_where_the_split_does_not_apply(gemv) -> None:
+    w = torch.randn(768, 768, requires_grad=True)
+    x = torch.randn(1024, 768, requires_grad=True)
+    assert not kernels.training_linear_applies(x, w)  # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.training_linear_applies(x.detach(), w.detach())  # no gradient wanted
+        assert not kernels.training_linear_applies(x[:100], w)  # 100 rows
+        with kernels.disabled():
+            assert not kernels.training_linear_applies(x, w)
+        with torch.no_grad():
+            assert not kernels.training_linear_applies(x, w)
+
+
+def test_training_with_the_row_split_matches_torchs(gemv, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=300, n_positions=128))
+    x = torch.randint(0, 300, (2, 96))
+    grads, losses = [], []
+    for split in (True, False):
+        with monkeypatch.context() as m:
+            if split:
+                _split_everywhere(m)
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x[:, :-1], x[:, 1:])[1]
+            loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=0.05, atol=2e-3, msg=name)

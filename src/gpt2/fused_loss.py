@@ -120,7 +120,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     logits = (xs @ w.t()).to(acc)
                     loss += _chunk_loss_grad_(logits, t, v, s, vocab_size)
                     g = logits.to(dtype)
-                grad_x[start:end] = g @ w
+                grad_x[start:end] = kernels.matmul(g, w)  # torch's, or its row split where that is faster
                 if grad_w is None:  # the first chunk's product is the sum so far (no zeros to add it to)
                     grad_w = (g.t() @ xs).to(acc)
                 elif dtype == acc:

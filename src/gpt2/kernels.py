@@ -1,5 +1,6 @@
 """The project's CPU kernels (csrc/*.cpp, one library built on first use): decoding's matrix-vector product,
-training's softmax cross-entropy, GPT-2's GELU and causal attention's forward and backward passes.
+training's softmax cross-entropy, GPT-2's GELU, causal attention's forward and backward passes and a row-split
+matmul.
 
 Decoding reads every weight once per token, so batch-1 speed is memory bandwidth. torch's matmul for a single
 row reads GPT-2's matrices at ~18 GB/s (MKL, float32) and ~24 GB/s (oneDNN, bfloat16) on a 2-core machine where
@@ -16,6 +17,10 @@ bfloat16 on CPUs whose oneDNN has the bfloat16 micro-kernels (AMX), the backward
 backward (a 124M layer at 1 x 1024 tokens, 8.8 against 19.4 ms on a 2-core AMX Xeon) and the forward at par with
 torch's flash forward (4.8 against 4.7 ms); in float32 through BLAS's sgemm where torch carries it (its x86
 builds), the forward 1.2-1.4x torch's (10.8 against 12.7 ms on the same machine).
+`matmul` is a bfloat16 product with its rows split across the threads, each part one single-threaded torch matmul
+(csrc/matmul.cpp), for the training shapes where oneDNN leaves a core idle (`split_rows_applies`); in training under
+CPU bfloat16 autocast, `linear` takes F.linear's forward and input-gradient products there (gpt2.fused_loss the
+output layer's input gradient).
 
 The library is compiled once per machine with torch's extension builder (a C++ compiler and ninja; about 10 s)
 and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), named after the CPU, torch's
@@ -218,6 +223,76 @@ def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     return _CausalAttention.apply(qkv, n_head)
 
 
+# Where csrc/matmul.cpp's row split replaces torch's bfloat16 matmul in training: two threads, 768 to 1,200 rows,
+# 513 to 768 columns. There oneDNN 3.12 ran the product on one core and the split measured 1.4-1.9x faster
+# (2-core AMX Xeon; inner dimensions 768 and 3,072, and 50,304 for the output layer's input gradient, 1.5x). Outside
+# that band (1,536 rows and more, 640 and fewer, 384 columns and fewer, 1,024) it measured from 0.7x to 1.8x.
+SPLIT_THREADS = 2
+SPLIT_ROWS = (768, 1200)
+SPLIT_COLUMNS = (513, 768)
+
+
+def split_rows_applies(rows: int, columns: int) -> bool:
+    """Whether a bfloat16 CPU product with this many output rows and columns goes through csrc/matmul.cpp's row
+    split: the shapes, thread count and CPU (oneDNN on AMX) it measured faster on (SPLIT_*)."""
+    return (
+        SPLIT_ROWS[0] <= rows <= SPLIT_ROWS[1]
+        and SPLIT_COLUMNS[0] <= columns <= SPLIT_COLUMNS[1]
+        and torch.get_num_threads() == SPLIT_THREADS
+        and gemv_kernel() is not None
+        and torch.ops.gpt2_kernels.split_rows_supported()
+    )
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b (+ bias) of 2-D a and b, no autograd: through csrc/matmul.cpp's row split for bfloat16 on the CPU where
+    `split_rows_applies` (outside `disabled()` and torch.compile's tracing), else torch's."""
+    if _eager_cpu(a) and a.dtype == torch.bfloat16 and split_rows_applies(a.shape[0], b.shape[1]):
+        return torch.ops.gpt2_kernels.split_rows_matmul(a, b, bias)
+    return a @ b if bias is None else torch.addmm(bias, a, b)
+
+
+class _TrainingLinear(torch.autograd.Function):
+    """F.linear under CPU bfloat16 autocast, as autocast runs it (input, weight and bias rounded to bfloat16, the
+    products in bfloat16, the weight's and bias's gradients returned in float32), with its forward and input-gradient
+    products through `matmul`."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        dtype = torch.bfloat16
+        x2, w = x.reshape(-1, x.shape[-1]).to(dtype), weight.to(dtype)
+        y = matmul(x2, w.t(), None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(x2, w)
+        ctx.input_dtype = x.dtype
+        return y.view(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_y: torch.Tensor) -> tuple:
+        x2, w = ctx.saved_tensors
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = matmul(g, w).to(ctx.input_dtype).view(*grad_y.shape[:-1], w.shape[1]) if need_x else None
+        grad_w = (g.t() @ x2).float() if need_w else None  # (out, in) at once: contiguous, as a .grad is kept
+        grad_b = g.sum(0).float() if need_b else None
+        return grad_x, grad_w, grad_b
+
+
+def training_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear` runs through _TrainingLinear: a gradient wanted under CPU bfloat16 autocast, a float32
+    weight, and one of its two row-split products applying (the output's columns or, for the input's gradient, the
+    input's)."""
+    if not (_eager_cpu(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return False
+    if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return False
+    if weight.dtype != torch.float32 or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 2:
+        return False
+    rows = x.numel() // x.shape[-1]
+    return split_rows_applies(rows, weight.shape[0]) or split_rows_applies(rows, weight.shape[1])
+
+
 @contextmanager
 def disabled() -> Iterator[None]:
     """Within this block `linear` is torch's F.linear throughout, `gelu_tanh` torch's F.gelu and the fused loss
@@ -232,7 +307,8 @@ def disabled() -> Iterator[None]:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), through the kernel when x is a few rows (FAST_ROWS) on the CPU, the weight a
-    contiguous (out, in) matrix, both float32 or both bfloat16, and no gradient is wanted (decoding's products)."""
+    contiguous (out, in) matrix, both float32 or both bfloat16, and no gradient is wanted (decoding's products);
+    through _TrainingLinear's row-split products where `training_linear_applies`; else torch's."""
     if (
         _eager_cpu(x)
         and x.dtype in FAST_ROWS
@@ -244,6 +320,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         gemv = gemv_kernel()
         if gemv is not None:
             return gemv(x, weight, bias)
+    if training_linear_applies(x, weight):
+        with torch.autocast("cpu", enabled=False):
+            return _TrainingLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
