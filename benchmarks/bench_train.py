@@ -2,15 +2,16 @@
 transformers' GPT-2), interleaved so that a busy machine slows every contender alike.
 
 One iteration is a whole optimizer step (forward, backward, gradient clipping, AdamW). Ours is what `gpt2 train`
-runs: the fused output layer + loss, the padded vocabulary, gpt2.train.clip_grad_norm, torch's fused AdamW; the
-others clip with torch's clip_grad_norm_, as their training scripts do. nanoGPT is imported from a
-checkout when NANOGPT_DIR is set (its model.py and its configure_optimizers, as its train.py uses them; it is
-not vendored here, and the bench runs without it); its vocabulary is its own 50,304. Each contender lives in a
-process of its own, as each is run by its users: ours sets what `gpt2 train` sets for the process (glibc's
-malloc keeps freed memory, gpt2.devices.keep_freed_memory; "ours, default allocator" leaves it out), which in a
-shared process would speed the others up too. The parent asks each for one step in turn, round after round, and
-reports each one's median step. MFU counts 6N + 12*L*d*T FLOPs
-per token (N without padding) against this machine's matmul peak in the same dtype, measured in the same run.
+runs: the fused output layer + loss, the padded vocabulary, gpt2.kernels' C++ ops (GELU, attention, the row-split
+matmul where it applies), gpt2.train.clip_grad_norm, torch's fused AdamW; the others clip with torch's
+clip_grad_norm_, as their training scripts do. nanoGPT is imported from a checkout when NANOGPT_DIR is set (its
+model.py and its configure_optimizers, as its train.py uses them; it is not vendored here, and the bench runs
+without it); its vocabulary is its own 50,304. Each contender lives in a process of its own, as each is run by its
+users: ours sets what `gpt2 train` sets for the process (glibc's malloc keeps freed memory,
+gpt2.devices.keep_freed_memory; "ours, default allocator" leaves it out), which in a shared process would speed the
+others up too. The parent asks each for one step in turn, round after round, and reports each one's median step. MFU
+counts 6N + 12*L*d*T FLOPs per token (N without padding) against this machine's matmul peak in the same dtype,
+measured in the same run.
 
     NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py        # 124M 1x1024, 2x1024, gpt2-mini 16x256; fp32, bf16
     NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py --shapes gpt2-mini:16x256 --dtypes float32 --compile
@@ -56,8 +57,9 @@ def ours(
     gelu: bool = True,
     attention: bool = True,
     clip: bool = True,
+    split: bool = True,
 ) -> tuple:
-    """(step, optimizer, model, clip) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu/attention/clip off
+    """(step, optimizer, model, clip) for our GPT as `gpt2 train` runs it; fused/pad/keep/gelu/attention/clip/split off
     measure those pieces (each contender has a process of its own, so what one turns off stays off only there)."""
     if keep:
         keep_freed_memory()
@@ -65,6 +67,8 @@ def ours(
         gpt2.kernels.gelu_tanh = partial(F.gelu, approximate="tanh")
     if not attention:  # torch's attention backward in place of csrc/attention.cpp's
         gpt2.kernels.causal_attention_applies = lambda qkv, n_head: False
+    if not split:  # torch's matmul partition throughout, not csrc/matmul.cpp's row split where it measured faster
+        gpt2.kernels.SPLIT_THREADS = 0
     saved = gpt2.model.PAD_VOCAB_TO
     gpt2.model.PAD_VOCAB_TO = saved if pad else 1
     try:
@@ -157,6 +161,7 @@ def make(impl: str, config: GPTConfig) -> tuple:
         "ours, torch's GELU": partial(ours, config, False, gelu=False),
         "ours, torch's attention": partial(ours, config, False, attention=False),
         "ours, torch's clipping": partial(ours, config, False, clip=False),
+        "ours, torch's matmul partition": partial(ours, config, False, split=False),
     }[impl]()
 
 
@@ -188,7 +193,12 @@ def throughput(args: argparse.Namespace) -> None:
     impls = ["ours"]
     if args.ablate:
         impls += ["ours, plain loss", "ours, no padding", "ours, default allocator"]
-        impls += ["ours, torch's GELU", "ours, torch's attention", "ours, torch's clipping"]
+        impls += [
+            "ours, torch's GELU",
+            "ours, torch's attention",
+            "ours, torch's clipping",
+            "ours, torch's matmul partition",
+        ]
     if nano:
         impls.append("nanoGPT")
     if args.compile:
