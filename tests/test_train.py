@@ -89,6 +89,22 @@ def test_clip_grad_norm_matches_torch(scale: float) -> None:
     assert clip_grad_norm(bf16, 1.0).item() == 4.0 and torch.allclose(bf16[0].grad.float(), torch.full((4,), 0.5))
 
 
+@pytest.mark.parametrize("scale", [1e3, 1e30])
+def test_clip_grad_norm_without_a_limit_only_measures(scale: float) -> None:
+    # max_norm inf (grad_clip = 0): torch's norm, every gradient left as it was, on the fast path and torch's
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, theirs = ([torch.nn.Parameter(torch.zeros(s, dtype=dtype)) for s in [(300, 40), (40,)]] for _ in "ab")
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = (torch.randn(a.shape) * scale).to(dtype)
+            b.grad = a.grad.clone()
+        norm = clip_grad_norm(ours, math.inf)
+        # the gradients as they were (torch's own multiplies them by 1, or by nan where their norm overflowed)
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs, strict=True))
+        torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(theirs, math.inf), rtol=1e-5, atol=0)
+    assert clip_grad_norm([torch.nn.Parameter(torch.zeros(3))], math.inf).item() == 0.0  # no gradients at all
+
+
 def test_config_layers_and_errors(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('model = "gpt2"\nlr = 1\nbatch_size = 4\ncompile = true\n')
