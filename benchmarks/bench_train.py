@@ -189,7 +189,7 @@ def throughput(args: argparse.Namespace) -> None:
     peaks = {d: matmul_peak(torch.device("cpu"), getattr(torch, d), seconds=2.0) for d in args.dtypes}  # as gpt2 train
     for d, p in peaks.items():
         print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s, measured here (MFU below is of this, not of a datasheet peak)")
-    print(f"{'shape':<18} {'dtype':<9} {'impl':<24} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
+    print(f"{'shape':<18} {'dtype':<9} {'impl':<30} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
     impls = ["ours"]
     if args.ablate:
         impls += ["ours, plain loss", "ours, no padding", "ours, default allocator"]
@@ -249,7 +249,7 @@ def throughput(args: argparse.Namespace) -> None:
                     ratio += f"  ({v / tps['nanoGPT+compile']:.2f}x nanoGPT+compile)"
                 label = f"{name} {batch}x{seq}"
                 print(
-                    f"{label:<18} {d:<9} {impl:<24} {v:>9.0f} {v * fpt / peaks[d]:>6.1%} {first[impl]:>8.1f}  {ratio}",
+                    f"{label:<18} {d:<9} {impl:<30} {v:>9.0f} {v * fpt / peaks[d]:>6.1%} {first[impl]:>8.1f}  {ratio}",
                     flush=True,
                 )
 
