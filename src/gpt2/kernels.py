@@ -224,9 +224,10 @@ def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 # Where csrc/matmul.cpp's row split replaces torch's bfloat16 matmul in training: two threads, 768 to 1,200 rows,
-# 513 to 768 columns. There oneDNN 3.12 ran the product on one core and the split measured 1.4-1.9x faster
-# (2-core AMX Xeon; inner dimensions 768 and 3,072, and 50,304 for the output layer's input gradient, 1.5x). Outside
-# that band (1,536 rows and more, 640 and fewer, 384 columns and fewer, 1,024) it measured from 0.7x to 1.8x.
+# 513 to 768 columns. There the split measured 1.4-1.9x faster than oneDNN 3.12, which runs the 1,024 x 768 products
+# on one core (2-core AMX Xeon; inner dimensions 768 and 3,072, and 50,304 for the output layer's input gradient,
+# 1.5x). Outside that band (1,536 rows and more, 640 and fewer, 384 columns and fewer, 1,024) it measured from 0.7x
+# to 1.8x.
 SPLIT_THREADS = 2
 SPLIT_ROWS = (768, 1200)
 SPLIT_COLUMNS = (513, 768)
