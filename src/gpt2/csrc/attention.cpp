@@ -99,7 +99,10 @@ void dot_gemm(int64_t m, int64_t k, const bf16* a, int64_t lda, const bf16* b, f
 void gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b_packed, float* c, bool add,
           int64_t ldc = 0) {
 #if defined(__AVX512BF16__)
-  if (!have_amx()) return dot_gemm(m, k, a, lda, b_packed, c, ldc ? ldc : n, add);
+  if (!have_amx()) {
+    TORCH_INTERNAL_ASSERT(n == 64 && k % 2 == 0, "dot_gemm takes 64 columns and an even inner dimension");
+    return dot_gemm(m, k, a, lda, b_packed, c, ldc ? ldc : n, add);
+  }
 #endif
   blas::brgemm(m, n, k, lda, n, ldc ? ldc : n, add, a, b_packed, c, true);
 }
