@@ -16,6 +16,7 @@ measured in the same run.
     NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py        # 124M 1x1024, 2x1024, gpt2-mini 16x256; fp32, bf16
     NANOGPT_DIR=~/nanoGPT python benchmarks/bench_train.py --shapes gpt2-mini:16x256 --dtypes float32 --compile
     python benchmarks/bench_train.py --shapes gpt2-mini:16x256 --ablate   # what each of our pieces contributes
+    python benchmarks/bench_train.py --shapes gpt2:1x1024 --ablate attention,loss   # some of them
     python benchmarks/bench_train.py --curve                      # fp32 vs bf16 loss curves on tinyshakespeare
 """
 
@@ -165,6 +166,27 @@ def make(impl: str, config: GPTConfig) -> tuple:
     }[impl]()
 
 
+# --ablate's pieces: each names the contender that is ours without it
+ABLATIONS = {
+    "loss": "ours, plain loss",
+    "padding": "ours, no padding",
+    "allocator": "ours, default allocator",
+    "gelu": "ours, torch's GELU",
+    "attention": "ours, torch's attention",
+    "clipping": "ours, torch's clipping",
+    "split": "ours, torch's matmul partition",
+}
+
+
+def ablated_pieces(text: str) -> list[str]:
+    """--ablate's value: "all", or pieces by name, comma-separated."""
+    pieces = list(ABLATIONS) if text == "all" else [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in pieces if p not in ABLATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown piece(s) {', '.join(unknown)}; known: all, {', '.join(ABLATIONS)}")
+    return pieces
+
+
 def worker(impl: str, config: GPTConfig, batch: int, seq: int, amp: torch.dtype | None, conn: Connection) -> None:
     """One contender in a process of its own: built, then one timed optimizer step per request until None."""
     torch.manual_seed(0)
@@ -193,15 +215,7 @@ def throughput(args: argparse.Namespace) -> None:
     for d, p in peaks.items():
         print(f"matmul peak {d}: {p / 1e9:.0f} GFLOP/s, measured here (MFU below is of this, not of a datasheet peak)")
     print(f"{'shape':<18} {'dtype':<9} {'impl':<30} {'tokens/s':>9} {'MFU':>6} {'first s':>8}  vs nanoGPT")
-    impls = ["ours"]
-    if args.ablate:
-        impls += ["ours, plain loss", "ours, no padding", "ours, default allocator"]
-        impls += [
-            "ours, torch's GELU",
-            "ours, torch's attention",
-            "ours, torch's clipping",
-            "ours, torch's matmul partition",
-        ]
+    impls = ["ours"] + [ABLATIONS[piece] for piece in args.ablate]
     if nano:
         impls.append("nanoGPT")
     if args.compile:
@@ -232,7 +246,7 @@ def throughput(args: argparse.Namespace) -> None:
                     raise SystemExit(
                         f"bench_train: the {impl!r} process died at {where} (out of memory? every "
                         "contender holds its own model, optimizer and activations at once: time fewer of them, "
-                        "e.g. without --ablate, at the larger shapes)"
+                        "e.g. --ablate attention,gelu or none, at the larger shapes)"
                     ) from None
 
             # the first step (compiling, where there is one) and one more warm-up, each contender in turn
@@ -306,7 +320,14 @@ def main() -> None:
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
     p.add_argument("--steps", type=int, default=5, help="timed rounds (median reported), after two warm-up rounds")
     p.add_argument("--compile", action="store_true", help="also time ours and nanoGPT under torch.compile")
-    p.add_argument("--ablate", action="store_true", help="also time ours without each of its pieces")
+    p.add_argument(
+        "--ablate",
+        nargs="?",
+        const="all",
+        default=[],
+        type=ablated_pieces,
+        help=f"also time ours without each of these pieces (comma-separated; alone: all): {', '.join(ABLATIONS)}",
+    )
     p.add_argument("--transformers", action="store_true", help="also time transformers' GPT2LMHeadModel")
     p.add_argument("--curve", action="store_true", help="compare fp32 and bf16 loss curves instead")
     p.add_argument("--curve-steps", type=int, default=200)
