@@ -136,8 +136,9 @@ void pack_rows(const bf16* x, uint16_t* out) {
 bool supported() {
 #if defined(__AVX512BF16__)
   if (!have_amx()) return true;  // dot_gemm reads the layout written here
-#endif
+#else
   if (!have_amx()) return false;
+#endif
   static const bool same_layout = [] {
     std::vector<bf16> b(KB * D);
     for (int64_t i = 0; i < KB * D; ++i) b[i] = bf16(static_cast<float>(i % 251) - 125.f);  // exact in bfloat16
@@ -474,7 +475,7 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_forward(const at::Tensor& qk
         head_forward_float(xp, xp + C, xp + 2 * C, out.data_ptr<float>() + obase, lp + i * T, T, 3 * C, C, sc, s);
       }
     }
-    if (dtype == at::kBFloat16) if (have_amx()) blas::brgemm_release(true);
+    if (dtype == at::kBFloat16 && have_amx()) blas::brgemm_release(true);
   });
   return {out, lse};
 }
