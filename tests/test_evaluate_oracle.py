@@ -1,6 +1,6 @@
 """`lambada`, `wikitext2`, `race-high` and `writingprompts` against an independent computation: Hugging Face's
 GPT2LMHeadModel and GPT-2 tokenizer on the same random-weight checkpoint, with the protocol re-implemented here from
-its definition."""
+its definition (RACE's prompt is lm-evaluation-harness's own function)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from harness_docs import race_doc
 
 from gpt2.evaluate import detokenize, evaluate
 from gpt2.evaluate.tasks import writingprompts
@@ -105,12 +106,9 @@ def tiny_checkpoint(folder, gpt2_tokenizer, n_positions: int):
 
 
 def race_prompt(record: dict, i: int) -> str:
-    """lm-evaluation-harness's RACE document (preprocess_race.doc_to_text) for question i, re-implemented here."""
-    text = "Article: " + record["article"] + "\n\n"
-    for q, options, answer in list(zip(record["questions"], record["options"], record["answers"], strict=True))[:i]:
-        right = options["ABCD".index(answer)]
-        text += q[-5:] + right + "\n" if q[-6:] == "  _  ." else "Question: " + q + "\n" + "Answer: " + right + "\n"
-    return text + record["questions"][i]
+    """lm-evaluation-harness's own RACE prompt (preprocess_race.doc_to_text) for question i of an article."""
+    preprocess_race = pytest.importorskip("lm_eval.tasks.race.preprocess_race")
+    return preprocess_race.doc_to_text(race_doc(record, i + 1))
 
 
 def hf_continuations(hf, context: list[int], continuations: list[list[int]]) -> list[float]:

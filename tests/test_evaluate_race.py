@@ -70,8 +70,8 @@ def run(model, tokenizer, data: Path, scorer, **kw) -> tuple:  # noqa: ANN001
 def test_prompt_is_the_harness_format():
     a = race.parse_article(ARTICLES[0])
     assert race.context(a, 0) == "Article: Tom has a blue car and a dog.\n\nTom's car is   _  ."
-    # an earlier fill-in-the-blank question: the harness keeps its last five characters, then the answer
-    assert race.context(a, 1) == "Article: Tom has a blue car and a dog.\n\n _  .blue\nWhat does Tom have?"
+    # an earlier fill-in-the-blank question: its blank (the last five characters, " _  .") replaced by the answer
+    assert race.context(a, 1) == "Article: Tom has a blue car and a dog.\n\nTom's car is  blue\nWhat does Tom have?"
     assert race.shot(a) == race.context(a, 1) + " a dog"
     b = race.parse_article({**ARTICLES[0], "questions": ["What colour is the car?", "What does Tom have?"]})
     assert race.context(b, 1) == (

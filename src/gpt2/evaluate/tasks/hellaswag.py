@@ -1,9 +1,11 @@
 """HellaSwag (Zellers et al. 2019), validation set: pick the right one of four endings. Not in the paper; the
 modern standard for small models.
 
-Protocol (lm-evaluation-harness's): context = activity label + ": " + ctx_a + " " + ctx_b capitalised, with the
-WikiHow markup cleaned ("[title]" -> ". ", other [tags] dropped, double spaces collapsed); each ending is scored
-as " " + ending given the context (which runs once for the four).
+Protocol (lm-evaluation-harness 0.4.13's hellaswag task: lm_eval/tasks/hellaswag/utils.py and hellaswag.yaml;
+tests/test_evaluate_harness.py holds the strings and the scores to the harness's own): context = activity label +
+": " + ctx_a + " " + ctx_b capitalised, with the WikiHow markup cleaned ("[title]" -> ". ", other [tags] dropped,
+double spaces collapsed once); each ending, cleaned the same way, is scored as " " + ending given the context
+(which runs once for the four).
 * acc: the ending with the highest total log-probability.
 * acc_norm: the highest log-probability per character of the ending.
 Formats: the official hellaswag_val.jsonl, or llama.cpp's hellaswag_val_full.txt[.bz2] (6 lines a task: context

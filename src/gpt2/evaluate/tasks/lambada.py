@@ -2,7 +2,8 @@
 answer needs the whole passage.
 
 Protocol (as the paper and OpenAI's file define it): context = the passage up to its last space; target = " " +
-the last word, punctuation and all. No <|endoftext|> is prepended.
+the last word, punctuation and all. No <|endoftext|> is prepended. The same strings as lm-evaluation-harness
+0.4.13's lambada_openai task, whose acc and perplexity are acc and ppl here (tests/test_evaluate_harness.py).
 * acc: every target token is the argmax given the true prefix (greedy decoding reproduces the word).
 * ppl: exp(-mean over examples of the target's summed log-probability), the paper's per-word perplexity.
 * acc_last_token: only the final BPE token of the target must be the argmax (a common, weaker variant).

@@ -32,6 +32,9 @@ Protocol, shared by all six:
   valid UTF-8 character (the 5M cut can fall inside one) is given to the model as its single-byte BPE token, so
   the model predicts every one of the 5,000,000 bytes. --limit N scores the first N windows and counts the
   bytes / characters those windows cover.
+This is the paper's protocol, not lm-evaluation-harness's `wikitext` task (which scores EleutherAI's
+document-level pages through its own de-tokenizer, in rolling windows, and counts a page's words before
+de-tokenizing without line ends), so the two tools' WikiText figures are not comparable.
 """
 
 from __future__ import annotations

@@ -3,15 +3,15 @@ middle-school (race-middle: 362 articles, 1,436 questions) levels: pick the righ
 
 Not in the GPT-2 paper. The protocol is GPT-3's (Brown et al. 2020, section 3.6, and its appendix G example for
 RACE: the article, then the earlier questions of the same article with their answers, then the question) as
-lm-evaluation-harness
-implements it (EleutherAI/lm-evaluation-harness, lm_eval/tasks/race/preprocess_race.py, doc_to_text, and
-race.yaml; formerly lm_eval/tasks/race.py):
+lm-evaluation-harness 0.4.13 implements it (EleutherAI/lm-evaluation-harness, lm_eval/tasks/race/preprocess_race.py,
+doc_to_text, and race.yaml); tests/test_evaluate_harness.py compares every prompt of both levels with the harness's
+own doc_to_text, and acc_last with its acc on the same weights:
 * context = "Article: " + article + "\\n\\n", then for each EARLIER question of the same article
   "Question: " + question + "\\n" + "Answer: " + its right option + "\\n", then the question itself, bare (no
   "Question:" label, no "Answer:"). A fill-in-the-blank question (one that ends in "  _  .") among the earlier
-  ones is written as its last five characters (" _  .") + its right option + "\\n": the harness keeps only that
-  tail (its `problem["question"][-5:]`), dropping the rest of the question's text. We copy that as it is, so that
-  figures stay comparable with the harness's; the question being asked is written whole either way.
+  ones is written with its blank filled: the question without its last five characters (" _  .", the harness's
+  `problem["question"][:-5]`) + its right option + "\\n", with no label. (Older harness versions kept only those
+  five characters instead, dropping the question's words; their figures are not comparable with these.)
 * each option is scored as " " + option given the context (the harness's target delimiter), the context running
   once for the four.
 * acc: the option with the highest total log-probability. acc_norm: the highest log-probability per character
@@ -54,6 +54,7 @@ _JSONL_SHA256 = {
 }
 LETTERS = "ABCD"
 _BLANK = "  _  ."  # how RACE's fill-in-the-blank questions end
+HARNESS = "GPT-3 (Brown et al. 2020) as lm-evaluation-harness 0.4.13 implements it (race task)"
 
 
 def jsonl_file(level: str) -> DataFile:
@@ -117,9 +118,9 @@ def read_folder(folder: Path) -> list[Article]:
 
 
 def earlier(q: Question) -> str:
-    """An answered earlier question, as the harness writes it (a blank question keeps only its tail)."""
+    """An answered earlier question, as the harness writes it (a blank question gets its answer in the blank)."""
     if q.question[-6:] == _BLANK:
-        return q.question[-5:] + q.options[q.answer] + "\n"
+        return q.question[:-5] + q.options[q.answer] + "\n"
     return "Question: " + q.question + "\n" + "Answer: " + q.options[q.answer] + "\n"
 
 
@@ -178,8 +179,9 @@ class RACE(Task):
         protocol = {
             "data": provenance,
             "split": f"test, {self.level} school",
-            "protocol_source": "GPT-3 (Brown et al. 2020) as lm-evaluation-harness implements it (race task)",
-            "prompt": "'Article: {article}\\n\\n' + earlier questions 'Question: {q}\\nAnswer: {a}\\n' + '{question}'",
+            "protocol_source": HARNESS,
+            "prompt": "'Article: {article}\\n\\n' + earlier questions 'Question: {q}\\nAnswer: {a}\\n' (a blank "
+            "question '{q with its blank filled by a}\\n') + '{question}'",
             "continuation": "' ' + option",
             "acc_norm": "log-probability per character of the option",
             "acc_last": f"accuracy on each article's last question, the harness's figure ({len(acc_last)} questions)",
