@@ -4,9 +4,10 @@ A leaf module: it imports nothing of the package but `errors`, so the tokenizer,
 trainer, checkpoints and downloads can all use it without importing one another.
 
   atomic_open / atomic_write   a temp file in the same folder, renamed over the target only when complete;
-  open_binary                  a file's bytes, decompressed by suffix (.gz, .bz2, .zst);
+  open_binary                  a file's bytes, decompressed by suffix (.gz, .bz2, .xz, .zst, long-window zstd
+                               too), a truncated or corrupt file an error naming it and the offset reached;
   input_files                  the text files named by files and folders, in a stable order;
-  DocumentReader               the documents of .txt and .jsonl(.gz/.zst/.bz2) files, as `gpt2 prepare` and
+  DocumentReader               the documents of .txt and .jsonl(.gz/.zst/.bz2/.xz) files, as `gpt2 prepare` and
                                `gpt2 tokenizer train` both read them.
 """
 
@@ -14,22 +15,23 @@ from __future__ import annotations
 
 import bz2
 import errno
-import gzip
 import io
 import json
+import lzma
 import os
 import shutil
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from gpt2.errors import GPT2Error
 
-TEXT_SUFFIXES = tuple(t + c for t in (".txt", ".md", ".rst", ".text") for c in ("", ".gz", ".zst", ".bz2"))
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2")
+TEXT_SUFFIXES = tuple(t + c for t in (".txt", ".md", ".rst", ".text") for c in ("", ".gz", ".zst", ".bz2", ".xz"))
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2", ".jsonl.xz")
 PIECE_BYTES = 1 << 20  # text files are read in pieces of this size, so one larger than memory streams
 
 _UMASK = os.umask(0)
@@ -83,23 +85,111 @@ def is_jsonl(path: Path) -> bool:
     return path.name.endswith(JSONL_SUFFIXES)
 
 
-def open_binary(path: Path) -> io.BufferedIOBase:
-    """A file's bytes, decompressed by its suffix (.gz, .bz2, .zst)."""
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".bz2"):
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".zst"):
-        import zstandard
+# Pushshift's dumps are written with `zstd --long=31`: a 2 GiB window, beyond the decoder's default 128 MiB limit.
+ZSTD_MAX_WINDOW = 1 << 31
+_COMPRESSED_PIECE = 1 << 14  # compressed bytes read at a time: a corrupt spot is located within (and loses) this much
 
-        return io.BufferedReader(zstandard.open(path, "rb"))  # buffered: the raw reader cannot iterate lines
-    return open(path, "rb")
+
+class CorruptInput(GPT2Error):
+    """A compressed file that is truncated or corrupt: its path, and how far into it (compressed bytes) the
+    reader got."""
+
+    def __init__(self, path: Path, offset: int, size: int, what: str) -> None:
+        self.path, self.offset, self.size = path, offset, size
+        super().__init__(f"{path}: {what}")
+
+
+def _decompressor(kind: str) -> Any:
+    """A fresh incremental decompressor with zlib's interface (decompress, eof, unused_data) for one member,
+    stream or frame of a file."""
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=31)
+    if kind == "bz2":
+        return bz2.BZ2Decompressor()
+    if kind == "xz":
+        return lzma.LZMADecompressor()
+    import zstandard
+
+    return zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+
+
+class _Decompressing(io.RawIOBase):
+    """The decompressed bytes of a .gz, .bz2, .xz or .zst file, streamed; files of several members (gzip),
+    streams (bz2, xz) or frames (zstd) are read whole. Every format fails the same way (zstandard's own reader
+    stops quietly at a truncated frame): a truncated or corrupt file raises CorruptInput."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__()
+        self.path, self.kind = path, kind
+        self.raw = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self.size = os.fstat(self.raw.fileno()).st_size
+        self.offset = 0  # compressed bytes consumed
+        self.decompressor = _decompressor(kind)
+        self.started = False  # the current member has input
+        self.pending, self.at = memoryview(b""), 0  # decompressed bytes, and how many of them were returned
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.at == len(self.pending) and not self.done:
+            self.pending, self.at = memoryview(self._next()), 0
+        n = min(len(buffer), len(self.pending) - self.at)
+        buffer[:n] = self.pending[self.at : self.at + n]
+        self.at += n
+        return n
+
+    def _next(self) -> bytes:
+        data = self.raw.read(_COMPRESSED_PIECE)
+        if not data:
+            self.done = True
+            if self.started and not self.decompressor.eof:
+                what = f"truncated {self.kind} data: the file ends at byte {self.offset:,}, inside compressed data"
+                raise CorruptInput(self.path, self.offset, self.size, what)
+            return b""
+        out = []
+        while data:
+            if self.kind == "gzip" and not self.started:  # gzip writers may pad the end with zeros (as gzip skips)
+                rest = data.lstrip(b"\0")
+                self.offset += len(data) - len(rest)
+                if not (data := rest):
+                    break
+            self.started = True
+            try:
+                out.append(self.decompressor.decompress(data))
+            except Exception as e:  # zlib.error, OSError, LZMAError, ZstdError: the bytes are not this format
+                what = f"corrupt {self.kind} data near byte {self.offset:,} of {self.size:,} ({e})"
+                raise CorruptInput(self.path, self.offset, self.size, what) from None
+            if not self.decompressor.eof:
+                self.offset += len(data)
+                break
+            rest = self.decompressor.unused_data
+            self.offset += len(data) - len(rest)
+            data = rest
+            self.decompressor, self.started = _decompressor(self.kind), False
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """A file's bytes, decompressed by its suffix (.gz, .bz2, .xz, .zst; zstd with windows up to 2 GiB, as
+    Pushshift's dumps need). Reading a truncated or corrupt compressed file raises CorruptInput."""
+    kind = COMPRESSED_SUFFIXES.get(Path(path).suffix)
+    if kind is None:
+        return open(path, "rb")
+    return io.BufferedReader(_Decompressing(Path(path), kind), buffer_size=1 << 20)
 
 
 def input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """The files named by `inputs`; folders are searched recursively for .txt/.md/.rst/.text and .jsonl files
-    (plain or .gz/.zst/.bz2), in a stable order."""
+    (plain or .gz/.zst/.bz2/.xz), in a stable order."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -108,7 +198,7 @@ def input_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
             )
             if not found:
-                raise GPT2Error(f"{path}: no .txt or .jsonl(.gz/.zst/.bz2) files in this folder")
+                raise GPT2Error(f"{path}: no .txt or .jsonl(.gz/.zst/.bz2/.xz) files in this folder")
             files += found
         elif path.is_file():
             files.append(path)

@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
         help="build the Bloom filter of a corpus's 8-grams",
         description="Build the Bloom filter of a corpus's normalised 8-grams (two streaming passes, all cores).",
     )
-    b.add_argument("--corpus", nargs="+", required=True, help=".txt / .jsonl(.gz/.zst/.bz2) files or folders")
+    b.add_argument("--corpus", nargs="+", required=True, help=".txt / .jsonl(.gz/.zst/.bz2/.xz) files or folders")
     b.add_argument("--output", required=True, help="the filter file to write (parameters, bits and a checksum)")
     b.add_argument(
         "--false-positive-rate",

@@ -7,7 +7,7 @@ import argparse
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpt2 prepare", description="Tokenize text into token shards for training.")
-    p.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl(.gz/.zst/.bz2) files or folders")
+    p.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl(.gz/.zst/.bz2/.xz) files or folders")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder, model folder, or 'gpt2'")
     p.add_argument("--output", required=True, help="folder for the shards and manifest.json")
     p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out (default 0.005)")
