@@ -5,6 +5,7 @@ the crawler's interpreter lock), with one task or several, and dedup alone at sc
     python benchmarks/bench_webtext.py [--pages 3000] [--hosts 8] [--per-host-concurrency 8] [--tasks 1 2]
                                        [--repeat 2]
     python benchmarks/bench_webtext.py --dedup-docs 100000 [--tasks 1 2]
+    python benchmarks/bench_webtext.py --submissions 1000000 [--tasks 1 2]
 
 Pages are generated articles (seeded, 4 to 12 paragraphs of English-like sentences in the usual HTML furniture);
 5% are exact copies of another page and 5% near copies (two words changed). Each --tasks value runs the whole
@@ -19,6 +20,11 @@ overlaps other hosts' requests.
 extract stage would leave them, of which a known share are planted exact and near copies of others; it reports
 wall time, documents/s, the peak resident memory of the process tree (summed over its processes, sampled every
 0.1 s), and checks that exactly the planted copies were removed: one survivor per original and its copies.
+
+--submissions N runs only the links stage on a Pushshift-style dump of N generated submissions (Pushshift's
+fields, in zstd with a 2 GiB window as `zstd --long=31` writes them, split in as many files as the largest --tasks
+value), a third of them kept (karma, date, self-posts, NSFW, Wikipedia, media and duplicate links planted), and
+reports wall and CPU time per million submissions and the peak resident memory of the process tree.
 """
 
 from __future__ import annotations
@@ -195,14 +201,17 @@ def run_pipeline(cfg: object, exclude: set[int], server_pid: int | None = None) 
     from gpt2.webtext import pipeline
 
     measured: dict[str, dict[str, float]] = {}
-    for executor in pipeline.build(cfg):
-        name = Path(executor.logging_dir.path).name
-        server_start = process_cpu_seconds(server_pid) if server_pid else 0.0
-        start, cpu_start = time.perf_counter(), tree_cpu_seconds(exclude)
-        executor.run()
-        server = process_cpu_seconds(server_pid) - server_start if server_pid else 0.0
-        measured[name] = {"wall": time.perf_counter() - start, "cpu": tree_cpu_seconds(exclude) - cpu_start,
-                          "server": server}  # fmt: skip
+    for _, executors in pipeline.build(cfg):
+        for executor in executors:
+            name = Path(executor.logging_dir.path).name
+            server_start = process_cpu_seconds(server_pid) if server_pid else 0.0
+            start, cpu_start = time.perf_counter(), tree_cpu_seconds(exclude)
+            executor.run()
+            server = process_cpu_seconds(server_pid) - server_start if server_pid else 0.0
+            measured[name] = {"wall": time.perf_counter() - start, "cpu": tree_cpu_seconds(exclude) - cpu_start,
+                              "server": server}  # fmt: skip
+    if "filter" in cfg.stages:
+        pipeline.write_summary(Path(cfg.output), pipeline.settings(cfg))
     return measured
 
 
@@ -378,6 +387,54 @@ def dedup_benchmark(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_dumps(folder: Path, n: int, files: int) -> list[Path]:
+    """N generated Reddit submissions in `files` long-window zstd dumps; returns their paths."""
+    import zstandard
+
+    rng = random.Random(0)
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=31, enable_ldm=True, write_checksum=True)
+    paths = [folder / f"RS_2017-{i + 1:02d}.zst" for i in range(files)]
+    writers = [zstandard.ZstdCompressor(compression_params=params).stream_writer(open(p, "wb")) for p in paths]  # noqa: SIM115
+    hosts = [f"site{i}.example" for i in range(5000)] + ["en.wikipedia.org", "i.imgur.com"]
+    for i in range(n):
+        host = rng.choice(hosts)
+        record = {"id": f"{i:x}", "url": f"https://{host}/story/{rng.randrange(n)}?utm_source=reddit",
+                  "score": rng.choice([0, 1, 2, 3, 5, 40, 1200]), "created_utc": 1_480_000_000 + rng.randrange(10**8),
+                  "subreddit": rng.choice(["news", "science", "pics"]), "over_18": rng.random() < 0.03,
+                  "is_self": rng.random() < 0.2, "permalink": f"/r/x/comments/{i:x}/", "title": "A title",
+                  "author": "someone", "num_comments": rng.randrange(500), "domain": host}  # fmt: skip
+        writers[i % files].write((json.dumps(record) + "\n").encode())
+    for w in writers:
+        w.close()
+    return paths
+
+
+def links_benchmark(args: argparse.Namespace) -> None:
+    from gpt2.webtext import pipeline
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-webtext-links-"))
+    try:
+        dumps = write_dumps(tmp, args.submissions, max(args.tasks))
+        size = sum(p.stat().st_size for p in dumps)
+        print(f"{args.submissions:,} submissions in {len(dumps)} long-window zstd dumps, {size / 1e6:.0f} MB")
+        print(f"{'tasks':>5} {'wall s':>8} {'s per 1M':>9} {'CPU s':>8} {'peak RSS MB':>12} {'links':>9}  load")
+        for n in args.tasks:
+            out = tmp / f"out-{n}"
+            cfg = pipeline.WebtextConfig([str(p) for p in dumps], str(out), stages=("links",), tasks=n, workers=n,
+                                         progress=False)  # fmt: skip
+            with PeakRSS(exclude=set()) as peak:
+                measured = run_pipeline(cfg, set())
+            wall, used = stage_total(measured, "links", "wall"), stage_total(measured, "links", "cpu")
+            with open(out / "links" / "links.jsonl", "rb") as f:
+                kept = sum(1 for _ in f)
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            print(f"{n:>5} {wall:>8.1f} {wall * 1e6 / args.submissions:>9.1f} {used:>8.1f} "
+                  f"{peak.peak / 2**20:>12.0f} {kept:>9,}  {load}")  # fmt: skip
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pages", type=int, default=3000, help="pages to generate and serve (default 3000)")
@@ -393,10 +450,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of each --tasks value, interleaved (default 1)")
     p.add_argument("--dedup-docs", type=int, default=0, metavar="N",
                    help="instead, dedup alone on N generated documents with planted copies")  # fmt: skip
+    p.add_argument("--submissions", type=int, default=0, metavar="N",
+                   help="instead, the links stage alone on N generated submissions")  # fmt: skip
     args = p.parse_args()
     if not sys.platform.startswith("linux"):
         sys.exit("this benchmark reads process CPU and memory from Linux's /proc")
-    if args.dedup_docs:
+    if args.submissions:
+        links_benchmark(args)
+    elif args.dedup_docs:
         dedup_benchmark(args)
     else:
         pages_benchmark(args)

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import lzma
+import pickle
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,8 @@ def test_compressed_inputs_whole_truncated_and_corrupt(tmp_path: Path, suffix: s
     with pytest.raises(CorruptInput, match=r"corrupt \w+ data near byte [\d,]+ of") as e, open_binary(corrupt) as f:
         f.read()
     assert 0 <= e.value.offset < e.value.size == len(bad)  # where the reader noticed (gzip: at the checksum)
+    again = pickle.loads(pickle.dumps(e.value))  # as a worker process hands it back
+    assert (str(again), again.offset, again.size) == (str(e.value), e.value.offset, e.value.size)
 
 
 def test_long_window_zstd_is_what_the_default_decoder_refuses(tmp_path: Path) -> None:

@@ -19,16 +19,10 @@ pytest.importorskip("trafilatura")
 pytest.importorskip("lingua")
 pytest.importorskip("aiohttp")
 
-from webtext_server import ARTICLES, Web  # noqa: E402
+from webtext_server import ARTICLES, FAST, NEW, OLD, Web, corpus, state, submission, write_submissions  # noqa: E402
 
 from gpt2.cli import main  # noqa: E402
-from gpt2.io import open_binary  # noqa: E402
 from gpt2.webtext.links import is_media, is_wikipedia, normalise_url, select  # noqa: E402
-
-OLD = 1_400_000_000  # 2014
-NEW = 1_530_000_000  # 2018, after the paper's cut-off
-FAST = ["--allow-private-addresses", "--per-host-delay", "0", "--per-host-concurrency", "4", "--timeout", "2",
-        "--page-deadline", "1", "--retries", "1", "--backoff", "0.05", "--max-bytes", "100000", "--quiet"]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ links, pure
@@ -77,10 +71,7 @@ def webs():
 def submissions(webs: list[Web]) -> list[dict]:
     a, b, c = (w.base for w in webs)
 
-    def sub(url: str, score: int = 10, created: int = OLD, **kw: object) -> dict:
-        return {"url": url, "score": score, "created_utc": created, "subreddit": "test", "over_18": False,
-                "is_self": False, "permalink": f"/r/test/comments/{abs(hash(url)) % 10**6}/", **kw}  # fmt: skip
-
+    sub = submission
     return [
         sub(f"{a}/news/tidal", 5),
         sub(f"{a}/news/tidal?utm_source=reddit#comments", 40),  # the same page: one link, karma 40
@@ -110,31 +101,6 @@ def submissions(webs: list[Web]) -> list[dict]:
         sub(f"{c}/news/low", 2),
         sub(f"{c}/news/recent", 50, NEW),
     ]
-
-
-def write_submissions(path: Path, records: list[dict]) -> Path:
-    import zstandard
-
-    path.write_bytes(zstandard.compress("".join(json.dumps(r) + "\n" for r in records).encode()))
-    return path
-
-
-def corpus(out: Path) -> list[dict]:
-    records = []
-    for path in sorted((out / "corpus").glob("*.jsonl.zst")):
-        with open_binary(path) as f:
-            records += [json.loads(line) for line in f]
-    return sorted(records, key=lambda r: r["url"])
-
-
-def state(out: Path) -> dict[str, dict]:
-    rows = {}
-    for path in sorted((out / "fetch_state").glob("*.sqlite")):
-        db = sqlite3.connect(path)
-        db.row_factory = sqlite3.Row
-        rows |= {r["url"]: dict(r) for r in db.execute("SELECT * FROM pages")}
-        db.close()
-    return rows
 
 
 def gpt2(*argv: str) -> None:
@@ -205,18 +171,28 @@ def test_extract_dedup_filter_and_corpus(reference: Path, webs) -> None:
     summary = json.loads((reference / "summary.json").read_text())
     stages = summary["stages"]
     assert stages["links"]["documents"] == 19
-    assert stages["fetch"]["documents"] == 12
-    assert stages["extract"]["documents"] >= 11
+    assert stages["fetch"]["documents"] == 11  # 12 pages fetched, /big cut at --max-bytes and left out
+    assert stages["extract"]["documents"] >= 10
     assert summary["removed"]["exact_duplicates"] == 1 and summary["removed"]["near_duplicates"] == 1
+    assert summary["removed"]["truncated_pages"] == 1 and summary["fetch"]["truncated"] == 1
     assert stages["filter"]["documents"] == len(docs)
-    assert stages["filter"]["bytes"] == sum(len(d["text"].encode()) for d in docs)
-    assert summary["fetch_failures"] == {"binary": 1, "content_type": 1, "empty": 1, "http_404": 1, "http_500": 1,
-                                         "robots": 1, "timeout": 1}  # fmt: skip
+    assert stages["filter"]["characters"] == sum(len(d["text"]) for d in docs)
+    fetch = summary["fetch"]
+    assert fetch["failed"] == {"binary": 1, "content_type": 1, "empty": 1, "http_404": 1, "http_500": 1, "robots": 1,
+                               "timeout": 1}  # fmt: skip
+    assert fetch["links"] == 19 and fetch["done"] == 12 and fetch["pending"] == 0
+    assert fetch["redirected_pages"] == 1 and fetch["redirects_followed"] == 2  # /go/lighthouse's two hops
+    assert fetch["retries"] == 3  # /error, /hang and /flaky were each tried twice
     assert summary["top_domains"][0] == ["127.0.0.1", len(docs)]
-    dropped = summary["submissions"]
-    assert dropped["submissions"] == 26 and dropped["kept"] == 20
-    assert all(dropped[k] == 1 for k in ["wikipedia", "media", "over_18", "self_post", "low_karma", "too_recent"])
+    subs = summary["submissions"]
+    assert subs["read"] == 26 and subs["kept"] == 20 and subs["bad_records"] == {} and subs["bad_inputs"] == []
+    assert subs["dropped"] == dict.fromkeys(
+        ["low_karma", "media", "over_18", "self_post", "too_recent", "wikipedia"], 1
+    )
     assert summary["removed"]["filter"] == {"not_english": 1}
+    assert summary["removed"]["boilerplate_lines"] >= 0 and summary["stopped"] is None
+    for key in ("per_host_delay", "allow_private_addresses", "max_crawl_delay", "keep_truncated", "max_bytes"):
+        assert key in summary["settings"], key
     assert (reference / "length_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -260,7 +236,7 @@ def test_sigkill_mid_fetch_then_resume_gives_the_same_corpus(reference: Path, we
         w.hits.clear()
     slow = [a if a != "0" or FAST[i - 1] != "--per-host-delay" else "0.3" for i, a in enumerate(FAST)]
     argv = [sys.executable, "-m", "gpt2", "webtext", "--submissions", str(dump), "--output", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([*argv, *slow, "--per-host-concurrency", "1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -301,8 +277,11 @@ def test_cluster_executors_are_constructed(tmp_path: Path) -> None:
 
     cfg = WebtextConfig([], str(tmp_path), stages=("extract", "dedup", "filter"), executor="slurm", tasks=8,
                         slurm_partition="cpu")  # fmt: skip
-    chain = build(cfg)
+    stages = build(cfg)
+    assert [stage for stage, _ in stages] == ["extract", "dedup", "filter"]
+    chain = [e for _, executors in stages for e in executors]
     assert type(chain[-1]).__name__ == "SlurmPipelineExecutor" and chain[-1].depends is chain[-2]
+    assert chain[-1].pipeline[0].name == "summary"  # a cluster writes the summary as the chain's last job
     assert [e.world_size for e in chain][:2] == [8, 8]
     with pytest.raises(GPT2Error, match="slurm-partition"):
         build(WebtextConfig([], str(tmp_path), stages=("extract",), executor="slurm"))
@@ -312,8 +291,8 @@ def test_cluster_executors_are_constructed(tmp_path: Path) -> None:
         with pytest.raises(GPT2Error, match="ray"):
             build(WebtextConfig([], str(tmp_path), stages=("extract",), executor="ray"))
     else:
-        chain = build(WebtextConfig([], str(tmp_path), stages=("extract", "dedup"), executor="ray", tasks=2))
-        assert type(chain[-1]).__name__ == "RayPipelineExecutor"
+        stages = build(WebtextConfig([], str(tmp_path), stages=("extract", "dedup"), executor="ray", tasks=2))
+        assert type(stages[-1][1][-1]).__name__ == "RayPipelineExecutor"
 
 
 def test_errors_are_one_sentence(tmp_path: Path, capsys) -> None:

@@ -4,10 +4,56 @@ every request by path. No request leaves the machine."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from gpt2.io import open_binary
+
+OLD = 1_400_000_000  # 2014
+NEW = 1_530_000_000  # 2018, after the paper's cut-off
+# The politeness off and the timeouts short, for servers on this machine.
+FAST = ["--allow-private-addresses", "--per-host-delay", "0", "--per-host-concurrency", "4", "--timeout", "2",
+        "--page-deadline", "1", "--retries", "1", "--backoff", "0.05", "--max-bytes", "100000", "--quiet"]  # fmt: skip
+
+
+def submission(url: str, score: int = 10, created: int = OLD, **kw: object) -> dict:
+    """A Pushshift submission record."""
+    return {"url": url, "score": score, "created_utc": created, "subreddit": "test", "over_18": False,
+            "is_self": False, "permalink": f"/r/test/comments/{abs(hash(url)) % 10**6}/", **kw}  # fmt: skip
+
+
+def write_submissions(path: Path, records: list[dict]) -> Path:
+    """A dump as Pushshift packs them: JSON Lines in zstd with a 2 GiB window (`zstd --long=31`) and a checksum."""
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=31, enable_ldm=True, write_checksum=True)
+    with open(path, "wb") as f, zstandard.ZstdCompressor(compression_params=params).stream_writer(f) as w:
+        w.write("".join(json.dumps(r) + "\n" for r in records).encode())
+    return path
+
+
+def corpus(out: Path) -> list[dict]:
+    records = []
+    for path in sorted((out / "corpus").glob("*.jsonl.zst")):
+        with open_binary(path) as f:
+            records += [json.loads(line) for line in f]
+    return sorted(records, key=lambda r: r["url"])
+
+
+def state(out: Path) -> dict[str, dict]:
+    rows = {}
+    for path in sorted((out / "fetch_state").glob("*.sqlite")):
+        db = sqlite3.connect(path)
+        db.row_factory = sqlite3.Row
+        rows |= {r["url"]: dict(r) for r in db.execute("SELECT * FROM pages")}
+        db.close()
+    return rows
+
 
 ARTICLES = {
     "tidal": (
@@ -184,6 +230,9 @@ def near_duplicate(paragraphs: list[str]) -> list[str]:
     return edited[:-1] + [edited[-1] + " Updated with a correction."]
 
 
+HUGE = article_html("Ice cores", [f"Layer {i}. {GLACIER}" for i in range(86_000)]).encode("utf-8")
+
+
 # path -> (status, content type, body) for the simple pages
 def pages() -> dict[str, tuple[int, str, bytes]]:
     def page(key: str) -> tuple[int, str, bytes]:
@@ -221,12 +270,44 @@ class QuietServer(ThreadingHTTPServer):
         pass  # the crawler hangs up on oversized and slow pages on purpose
 
 
-class Web:
-    """One HTTP server on 127.0.0.1 (a free port) in a daemon thread; `hits` counts requests by path."""
+OLD_TABLE_PAGE = """<HTML><HEAD><TITLE>Tom's Model Railway Pages</TITLE></HEAD>
+<BODY BGCOLOR="#FFFFCC"><TABLE WIDTH="100%" BORDER=0><TR>
+<TD WIDTH=150 VALIGN=TOP BGCOLOR="#CCCC99"><FONT FACE="Arial" SIZE=2><B>Old Pages</B><BR>
+<A HREF="/">Home</A><BR><A HREF="/texts">Texts</A><BR><A HREF="/links">Links</A><BR>
+<A HREF="/guestbook">Guestbook</A><BR><BR>You are visitor number <IMG SRC="/counter.gif"> since 1998</FONT></TD>
+<TD VALIGN=TOP><FONT SIZE=5><B>Building a layout in a spare bedroom</B></FONT><BR>
+<P>{0}
+<P>{1}
+<P>{2}
+<P>{3}
+<HR><FONT SIZE=1>Last updated March 2004. Best viewed with Netscape at 800x600.</FONT></TD></TR></TABLE>
+</BODY></HTML>"""
+OLD_TABLE_TEXT = [
+    "When we moved into the house the spare bedroom was the only room nobody wanted, so it became the railway room. "
+    "The first plan was a simple oval of track on a door laid across two trestles, which my father had used for his "
+    "own trains in the sixties and which still had his pencil marks on the underside.",
+    "Within a year the oval had grown into a shelf that runs around three walls of the room. The shelf is only "
+    "twelve inches deep, but that is enough for a single line with passing loops at each end, a small goods yard "
+    "and a station that takes a train of four coaches without anything hanging over the edge.",
+    "The scenery is made the old way, with plaster bandage over crumpled newspaper and a coat of brown emulsion "
+    "before the scatter goes on. Trees are twisted wire with rubberised horsehair, which takes a whole evening for "
+    "three trees but looks better than anything I have bought ready made at the model shop in town.",
+    "Visitors always ask how long it took. The honest answer is that it is never finished: every winter something "
+    "gets pulled up and rebuilt, and the timetable I run at weekends changes whenever a new engine arrives. If you "
+    "are starting out, my advice is to begin small and to make one corner look finished before moving on.",
+]
 
-    def __init__(self, slow_seconds: float = 0.4, hang_seconds: float = 2.0) -> None:
+
+class Web:
+    """One HTTP server on 127.0.0.1 (a free port) in a daemon thread; `hits` counts requests by path and `starts`
+    keeps (path, time.monotonic()) for every request. `robots` is its robots.txt; `fixed` makes /later answer."""
+
+    def __init__(self, slow_seconds: float = 0.4, hang_seconds: float = 2.0, robots: str | None = None) -> None:
         self.pages = pages()
         self.hits: Counter[str] = Counter()
+        self.starts: list[tuple[str, float]] = []
+        self.robots = robots if robots is not None else "User-agent: *\nDisallow: /private/\n"
+        self.fixed = False
         self.lock = threading.Lock()
         self.slow_seconds = slow_seconds
         self.hang_seconds = hang_seconds
@@ -265,9 +346,22 @@ class Web:
                 path = self.path.split("?")[0]
                 with web.lock:
                     web.hits[path] += 1
+                    web.starts.append((path, time.monotonic()))
                     n = web.hits[path]
                 if path == "/robots.txt":
-                    return self.send(200, "text/plain", b"User-agent: *\nDisallow: /private/\n")
+                    return self.send(200, "text/plain", web.robots.encode())
+                if path == "/old/railway":  # 2004-era markup: a table layout, a sidebar, unclosed <P>
+                    page = OLD_TABLE_PAGE.format(*OLD_TABLE_TEXT)
+                    return self.send(200, "text/html; charset=iso-8859-1", page.encode("latin-1"))
+                if path == "/huge":  # 20 MB of one article, far past --max-bytes
+                    return self.send(200, "text/html; charset=utf-8", HUGE)
+                if path.startswith("/loop/"):  # /loop/a -> /loop/b -> /loop/a ...
+                    return self.send(302, "text/html", b"", {"Location": "/loop/b" if path == "/loop/a" else "/loop/a"})
+                if path == "/later":  # missing until the test fixes it
+                    if not web.fixed:
+                        return self.send(404, "text/html", b"<html><body>Not yet</body></html>")
+                    title, paragraphs = ARTICLES["clock"]
+                    return self.send(200, "text/html", article_html(title, paragraphs).encode("utf-8"))
                 if path in web.pages:
                     return self.send(*web.pages[path])
                 if path == "/go/lighthouse":

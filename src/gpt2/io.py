@@ -95,8 +95,11 @@ class CorruptInput(GPT2Error):
     reader got."""
 
     def __init__(self, path: Path, offset: int, size: int, what: str) -> None:
-        self.path, self.offset, self.size = path, offset, size
+        self.path, self.offset, self.size, self.what = path, offset, size, what
         super().__init__(f"{path}: {what}")
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries intact (a worker's error reaches the command)
+        return CorruptInput, (self.path, self.offset, self.size, self.what)
 
 
 def _decompressor(kind: str) -> Any:

@@ -19,7 +19,14 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="FILE",
-        help="Pushshift-style Reddit submission dumps (JSON Lines: .jsonl, .jsonl.gz or .jsonl.zst).",
+        help="Reddit submission dumps, one JSON record per line: Pushshift's RS_*.zst (zstd with a 2 GiB window), "
+        ".bz2, .xz, .gz or plain.",
+    )
+    p.add_argument(
+        "--skip-bad-inputs",
+        action="store_true",
+        help="Use what a truncated or corrupt dump holds before the damage, count it in summary.json and go on "
+        "(by default such a dump stops the run with one line naming it and the byte reached).",
     )
     p.add_argument(
         "--output",
@@ -106,7 +113,27 @@ def parser() -> argparse.ArgumentParser:
         help="Seconds before the first retry, doubled for each further one (default 2).",
     )
     p.add_argument(
-        "--max-bytes", type=int, default=2_000_000, help="Cut each page's body at this many bytes (default 2,000,000)."
+        "--max-crawl-delay",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="robots.txt's Crawl-delay is honoured up to this; hosts asking for more are not fetched (default 60).",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=2_000_000,
+        help="Cut each page's body at this many bytes (default 2,000,000); such pages are left out of the corpus.",
+    )
+    p.add_argument(
+        "--keep-truncated",
+        action="store_true",
+        help="Keep pages cut at --max-bytes in the corpus (by default they are dropped and counted).",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="Fetch again the pages that failed in an earlier run of this --output (finished pages never are).",
     )
     p.add_argument(
         "--min-chars",
@@ -116,12 +143,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slurm-partition", help="The Slurm partition to submit to (with --executor slurm).")
     p.add_argument("--slurm-time", default="24:00:00", help="The time limit of each Slurm job (default 24:00:00).")
-    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    p.add_argument("--quiet", action="store_true", help="Print nothing but errors and the final line.")
     return p
 
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
+    import sys
+
     from gpt2.errors import GPT2Error
 
     if "links" in a.stages and not a.submissions:
@@ -139,17 +168,24 @@ def run(argv: list[str]) -> None:
         max_bytes=a.max_bytes,
         retries=a.retries,
         backoff=a.backoff,
+        max_crawl_delay=a.max_crawl_delay,
         allow_private_addresses=a.allow_private_addresses,
+        keep_truncated=a.keep_truncated,
+        retry_failed=a.retry_failed,
         progress=not a.quiet,
     )
     stages = tuple(s for s in STAGES if s in a.stages)
     cfg = WebtextConfig(a.submissions, a.output, a.min_karma, a.before, stages, a.executor, a.tasks, a.workers,
-                        fetch, min_chars=a.min_chars, slurm_partition=a.slurm_partition, slurm_time=a.slurm_time,
-                        progress=not a.quiet)  # fmt: skip
-    summary = run_pipeline(cfg)
+                        fetch, min_chars=a.min_chars, skip_bad_inputs=a.skip_bad_inputs,
+                        slurm_partition=a.slurm_partition, slurm_time=a.slurm_time, progress=not a.quiet)  # fmt: skip
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    summary = run_pipeline(cfg, None if a.quiet else say, say)
     if summary is not None:
-        final = summary["stages"].get("filter", {"documents": 0, "bytes": 0})
-        print(f"{a.output}/corpus: {final['documents']:,} documents, {final['bytes']:,} bytes of text; "
+        final = summary["stages"].get("filter", {"documents": 0, "characters": 0})
+        print(f"{a.output}/corpus: {final['documents']:,} documents, {final['characters']:,} characters of text; "
               f"see {a.output}/summary.json")  # fmt: skip
     elif a.executor != "local":
         print(f"submitted the {', '.join(stages)} stages to {a.executor}; logs in {a.output}/logs")

@@ -1,22 +1,27 @@
 """Stage 2, fetch: a polite, resumable crawler for the selected links, as a datatrove pipeline step.
 
-Each task fetches the links of its own hosts (`links.host_shard`), so the per-host limits hold across tasks:
-at most `per_host_concurrency` requests to a host at once, `per_host_delay` seconds between their starts, and
-robots.txt honoured (RFC 9309: a missing robots.txt allows everything, an unreachable one allows nothing).
-Requests time out, transient failures (timeouts, dropped connections, 429 and 5xx) are retried with
-exponential back-off up to `retries` times, bodies are cut at `max_bytes`, only HTML is kept, redirects are
-followed by hand (each hop checked like the first) and recorded, and the charset comes from the header, the
-page's <meta>, UTF-8, or detection, in that order.
+Each task fetches the links of its own hosts (`links.host_shard`; a host is a host name and port, robots.txt's
+unit), so the per-host limits hold across tasks: at most `per_host_concurrency` requests to a host at once,
+`per_host_delay` seconds (or robots.txt's longer Crawl-delay) between the starts of any two requests to it,
+robots.txt and redirect hops included, and robots.txt honoured (RFC 9309: a missing robots.txt allows
+everything, an unreachable one allows nothing). Requests time out, transient failures (timeouts, dropped
+connections, 429 and 5xx) are retried with exponential back-off up to `retries` times, bodies are cut at
+`max_bytes` (such pages are kept in the state but left out of the corpus unless `keep_truncated`: a giant page
+cut short is neither whole nor small), only HTML is kept, redirects are followed by hand (each hop checked like
+the first) and recorded, and the charset comes from the header, the page's <meta>, UTF-8, or detection, in that
+order.
 
 A crawler fed arbitrary links must not become a way into the network it runs in (cloud metadata services, a
 cluster's internal dashboards), so hosts that resolve to private, loopback, link-local or other non-global
-addresses are refused unless `allow_private_addresses` is set. The check resolves the name before the request,
+addresses are refused unless `allow_private_addresses` is set, before any request or wait for the host. The
+check resolves the name before the request,
 so a host that answers DNS differently a moment later (rebinding) is not covered; run crawlers where the
 network itself keeps them out of internal services too.
 
 State lives in SQLite, one database per task: a page is marked done (with its status, attempts, final URL,
 redirects, content hash and compressed body) in the same transaction that stores it, so a run killed at any
-point resumes with every finished page kept and none fetched again.
+point resumes with every finished page kept and none fetched again. Failed pages are tried again only when asked
+(`retry_failed`), or, for refused private addresses, once they are allowed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import codecs
 import hashlib
 import ipaddress
 import json
+import math
 import re
 import socket
 import sqlite3
@@ -35,7 +41,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
@@ -58,7 +64,8 @@ CREATE TABLE IF NOT EXISTS pages (
     status TEXT NOT NULL DEFAULT 'pending',  -- pending, done or failed
     kind TEXT,                               -- 'ok', or the kind of the last failure
     attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, final_url TEXT, redirects TEXT,
-    content_type TEXT, charset TEXT, truncated INTEGER, content_hash TEXT, body BLOB, error TEXT
+    content_type TEXT, charset TEXT, truncated INTEGER, content_hash TEXT, body BLOB, error TEXT,
+    linked INTEGER NOT NULL DEFAULT 1        -- in the current links.jsonl (a rerun may select other links)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -77,7 +84,10 @@ class FetchConfig:
     retries: int = 2  # further attempts after a transient failure
     backoff: float = 2.0  # seconds before the first retry, doubled for each further one
     max_redirects: int = 10
+    max_crawl_delay: float = 60.0  # a host whose robots.txt asks for longer between requests is not fetched
     allow_private_addresses: bool = False
+    keep_truncated: bool = False  # pages cut at max_bytes go into the corpus too
+    retry_failed: bool = False  # failed pages of an earlier run are tried again
     user_agent: str = USER_AGENT
     progress: bool = True
 
@@ -107,16 +117,36 @@ def open_state(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def failures_by_kind(state_dir: str | Path) -> dict[str, int]:
-    """Failed pages by kind, over every task's state database."""
-    counts: Counter[str] = Counter()
+def fetch_summary(state_dir: str | Path) -> dict[str, Any]:
+    """What the fetch did, over every task's state database (the current links only): pages done, failed by
+    kind, cut at max_bytes, redirected (and the hops followed), and the retries made."""
+    failed: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
     for path in sorted(Path(state_dir).glob("*.sqlite")):
         db = sqlite3.connect(path)
         try:
-            counts.update(dict(db.execute("SELECT kind, COUNT(*) FROM pages WHERE status='failed' GROUP BY kind")))
+            failed.update(
+                dict(db.execute("SELECT kind, COUNT(*) FROM pages WHERE linked AND status='failed' GROUP BY kind"))
+            )
+            row = db.execute(
+                "SELECT COUNT(*), SUM(status='done'), SUM(status='pending'), SUM(status='done' AND truncated),"
+                " SUM(redirects IS NOT NULL AND redirects != '[]'), SUM(json_array_length(COALESCE(redirects, '[]'))),"
+                " SUM(MAX(attempts - 1, 0)) FROM pages WHERE linked"
+            ).fetchone()
+            names = ("links", "done", "pending", "truncated", "redirected", "hops", "retries")
+            totals.update({name: value or 0 for name, value in zip(names, row, strict=True)})
         finally:
             db.close()
-    return dict(sorted(counts.items()))
+    return {
+        "links": totals["links"],
+        "done": totals["done"],
+        "pending": totals["pending"],
+        "failed": dict(sorted(failed.items())),
+        "truncated": totals["truncated"],
+        "redirected_pages": totals["redirected"],
+        "redirects_followed": totals["hops"],
+        "retries": totals["retries"],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -162,6 +192,32 @@ def _mime(content_type: str | None) -> tuple[str, str | None]:
     return parts[0].lower(), charset
 
 
+def crawl_delay(robots: str, agent: str = ROBOTS_AGENT) -> float | None:
+    """robots.txt's Crawl-delay (seconds) for our agent's group, else for the `*` group; fractions allowed, which
+    urllib's parser, reading whole numbers only, ignores."""
+    delays: dict[str, float] = {}
+    agents: list[str] = []
+    in_rules = False
+    for line in robots.splitlines():
+        key, _, value = line.split("#", 1)[0].partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key == "user-agent":
+            if in_rules:  # a user-agent line after rules starts a new group
+                agents, in_rules = [], False
+            agents.append(value.lower())
+        elif key:
+            in_rules = True
+            try:
+                delay = float(value) if key == "crawl-delay" else None
+            except ValueError:
+                delay = None
+            if delay is not None and math.isfinite(delay) and delay >= 0:
+                for a in agents:
+                    delays.setdefault(a, delay)
+    ours = [d for a, d in delays.items() if a != "*" and a in agent.lower()]
+    return ours[0] if ours else delays.get("*")
+
+
 # ------------------------------------------------------------------------------------------------ the crawler
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 
@@ -192,6 +248,8 @@ class Crawler:
         self.robots: dict[str, RobotFileParser | bool] = {}
         self.robot_locks: dict[str, asyncio.Lock] = {}
         self.addresses: dict[str, bool] = {}
+        self.next_start: dict[str, float] = {}  # per host: when the next request may start
+        self.crawl_delays: dict[str, float] = {}  # per host: robots.txt's Crawl-delay, where it gives one
 
     def _client(self, connections: int) -> aiohttp.ClientSession:
         import aiohttp
@@ -221,8 +279,23 @@ class Crawler:
             await self.close_host(netloc)
         await self.client.close()
 
-    async def _refused(self, url: str) -> bool:
-        """Whether the URL's host is (or resolves to) an address that is not on the public internet."""
+    def delay(self, netloc: str) -> float:
+        """Seconds between the starts of two requests to a host: ours, or its robots.txt's if longer."""
+        return max(self.cfg.per_host_delay, self.crawl_delays.get(netloc, 0.0))
+
+    async def _turn(self, netloc: str) -> float:
+        """Waits until the host may be sent another request (its delay after the start of the last one), and
+        books that start, which it returns; every request waits here, robots.txt and redirect hops too."""
+        now = time.monotonic()
+        start = max(self.next_start.get(netloc, now), now)
+        self.next_start[netloc] = start + self.delay(netloc)
+        if start > now:
+            await asyncio.sleep(start - now)
+        return start
+
+    async def refused(self, url: str) -> bool:
+        """Whether the URL's host is (or resolves to) an address that is not on the public internet. Raises
+        socket.gaierror when the name does not resolve."""
         if self.cfg.allow_private_addresses:
             return False
         parts = urlsplit(url)
@@ -255,6 +328,8 @@ class Crawler:
             async with self.client_for(origin).get(url, allow_redirects=False) as r:
                 return r.status, (await _read_capped(r, 500_000))[0] if r.status < 300 else b""
 
+        netloc = urlsplit(origin).netloc
+        began = await self._turn(netloc)
         try:
             status, body = await asyncio.wait_for(get(), self.cfg.timeout)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
@@ -263,15 +338,22 @@ class Crawler:
             return True  # no robots.txt: everything is allowed (redirects are not followed for it)
         if status >= 500:
             return False
+        text = body.decode("utf-8", "replace")
         parser = RobotFileParser()
-        parser.parse(body.decode("utf-8", "replace").splitlines())
+        parser.parse(text.splitlines())
+        delay = crawl_delay(text)
+        if delay is not None:  # the request after robots.txt waits for its delay too
+            self.crawl_delays[netloc] = max(self.crawl_delays.get(netloc, 0.0), delay)
+            self.next_start[netloc] = max(self.next_start.get(netloc, 0.0), began + self.delay(netloc))
         return parser
 
     async def fetch(self, url: str) -> Outcome:
+        """The page at `url`, its redirects followed; never raises. The page's deadline counts the time spent
+        on the network, not the waits for a host's turn."""
         import aiohttp
 
         try:
-            return await asyncio.wait_for(self._fetch(url), self.cfg.page_deadline)
+            return await self._fetch(url)
         except aiohttp.ServerTimeoutError as e:  # connect or read timeout, before the page's deadline
             return Outcome("retry", "timeout", error=str(e) or type(e).__name__)
         except asyncio.TimeoutError:
@@ -285,36 +367,51 @@ class Crawler:
         except (aiohttp.ClientError, OSError) as e:  # refused, reset or dropped connections
             return Outcome("retry", "connection", error=str(e) or type(e).__name__)
 
-    async def _fetch(self, url: str) -> Outcome:
+    async def _get(self, url: str) -> tuple[int, str | None, str | None, bytes, bool]:
+        """(status, Location, Content-Type, body, cut at max_bytes) of one request; the body only of an HTML
+        (or untyped) 2xx answer."""
         from yarl import URL
 
+        # encoded=True: the URL is already normalised, and re-quoting it would fetch another URL than stored
+        async with self.client_for(url).get(URL(url, encoded=True), allow_redirects=False) as r:
+            location, content_type = r.headers.get("Location"), r.headers.get("Content-Type")
+            if r.status >= 300 or _mime(content_type)[0] not in ("", *HTML_TYPES):
+                return r.status, location, content_type, b"", False
+            return r.status, location, content_type, *await _read_capped(r, self.cfg.max_bytes)
+
+    async def _fetch(self, url: str) -> Outcome:
         redirects: list[str] = []
+        budget = self.cfg.page_deadline  # seconds of network time left for the page
         for _ in range(self.cfg.max_redirects + 1):
             host = urlsplit(url).hostname or ""
             if is_wikipedia(host):
                 return Outcome("failed", "wikipedia", final_url=url, redirects=redirects)
-            if await self._refused(url):
+            if await self.refused(url):
                 return Outcome("failed", "private_address", final_url=url, redirects=redirects)
             if not await self._robots_allows(url):
                 return Outcome("failed", "robots", final_url=url, redirects=redirects)
-            # encoded=True: the URL is already normalised, and re-quoting it would fetch another URL than stored
-            async with self.client_for(url).get(URL(url, encoded=True), allow_redirects=False) as r:
-                status = r.status
-                if status in REDIRECT_STATUS and "Location" in r.headers:
-                    target = normalise_url(urljoin(url, r.headers["Location"]))
-                    if target is None:
-                        return Outcome("failed", "bad_redirect", status, url, redirects)
-                    url = target
-                    redirects.append(url)
-                    continue
-                if status in TRANSIENT_STATUS:
-                    return Outcome("retry", f"http_{status}", status, url, redirects)
-                if status >= 300:
-                    return Outcome("failed", f"http_{status}", status, url, redirects)
-                mime, charset = _mime(r.headers.get("Content-Type"))
-                if mime and mime not in HTML_TYPES:
-                    return Outcome("failed", "content_type", status, url, redirects, content_type=mime)
-                raw, truncated = await _read_capped(r, self.cfg.max_bytes)
+            netloc = urlsplit(url).netloc
+            if self.crawl_delays.get(netloc, 0.0) > self.cfg.max_crawl_delay:
+                error = f"robots.txt asks for {self.crawl_delays[netloc]:g} s between requests"
+                return Outcome("failed", "crawl_delay", final_url=url, redirects=redirects, error=error)
+            await self._turn(netloc)
+            began = time.monotonic()
+            status, location, content_type, raw, truncated = await asyncio.wait_for(self._get(url), max(budget, 0))
+            budget -= time.monotonic() - began
+            if status in REDIRECT_STATUS and location:
+                target = normalise_url(urljoin(url, location))
+                if target is None:
+                    return Outcome("failed", "bad_redirect", status, url, redirects)
+                url = target
+                redirects.append(url)
+                continue
+            if status in TRANSIENT_STATUS:
+                return Outcome("retry", f"http_{status}", status, url, redirects)
+            if status >= 300:
+                return Outcome("failed", f"http_{status}", status, url, redirects)
+            mime, charset = _mime(content_type)
+            if mime and mime not in HTML_TYPES:
+                return Outcome("failed", "content_type", status, url, redirects, content_type=mime)
             if not raw.strip():
                 return Outcome("failed", "empty", status, url, redirects, content_type=mime)
             decoded = decode_html(raw, charset)
@@ -329,7 +426,8 @@ class Crawler:
 # ------------------------------------------------------------------------------------------------ the step
 class FetchPages(PipelineStep):
     """Fetches this task's links (from `links.jsonl`) into `state_dir/RANK.sqlite`, then yields every page
-    fetched, sorted by URL (text: the HTML; metadata: url, final_url, karma, created_utc, subreddit)."""
+    fetched, sorted by URL (text: the HTML; metadata: url, final_url, karma, created_utc, subreddit); pages cut at
+    max_bytes only with `keep_truncated`."""
 
     type = "🌐 - FETCH"
     name = "polite fetcher"
@@ -345,7 +443,7 @@ class FetchPages(PipelineStep):
         try:
             self._add_links(db, rank, world_size)
             asyncio.run(self._crawl(db))
-            counts = dict(db.execute("SELECT status, COUNT(*) FROM pages GROUP BY status"))
+            counts = dict(db.execute("SELECT status, COUNT(*) FROM pages WHERE linked GROUP BY status"))
             self.stat_update("done", value=counts.get("done", 0))
             self.stat_update("failed", value=counts.get("failed", 0))
             yield from self._pages(db)
@@ -353,25 +451,36 @@ class FetchPages(PipelineStep):
             db.close()
 
     def _add_links(self, db: sqlite3.Connection, rank: int, world_size: int) -> None:
-        # The links are split among tasks by host; resuming with another --tasks would split them otherwise.
+        """Marks this run's links (new ones pending, known ones keeping what was fetched), and makes the failed
+        pages that this run's settings would fetch otherwise pending again."""
         row = db.execute("SELECT value FROM meta WHERE key='world_size'").fetchone()
-        if row and int(row[0]) != world_size:
+        if (
+            row and int(row[0]) != world_size
+        ):  # links are split among tasks by host: another --tasks splits them otherwise
             raise GPT2Error(
                 f"{self.state_dir} was fetched with --tasks {row[0]}; resume with the same --tasks "
                 f"(or remove that folder to start the fetch again)"
             )
+        if "linked" not in {c[1] for c in db.execute("PRAGMA table_info(pages)")}:  # a state from before the column
+            db.execute("ALTER TABLE pages ADD COLUMN linked INTEGER NOT NULL DEFAULT 1")
         with db:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('world_size', ?)", (str(world_size),))
+            db.execute("UPDATE pages SET linked=0")
             db.executemany(
-                "INSERT OR IGNORE INTO pages (url, karma, created_utc, subreddit) VALUES (?, ?, ?, ?)",
+                "INSERT INTO pages (url, karma, created_utc, subreddit) VALUES (?, ?, ?, ?) ON CONFLICT(url) DO UPDATE"
+                " SET karma=excluded.karma, created_utc=excluded.created_utc, subreddit=excluded.subreddit, linked=1",
                 ((r["url"], r["karma"], r["created_utc"], r.get("subreddit", "")) for r in read_links(
                     self.links, rank, world_size)),
             )  # fmt: skip
+            again = "status='failed' AND kind='private_address'" if self.config.allow_private_addresses else "0"
+            if self.config.retry_failed:
+                again = "status='failed'"
+            db.execute(f"UPDATE pages SET status='pending', attempts=0 WHERE linked AND ({again})")
 
     async def _crawl(self, db: sqlite3.Connection) -> None:
         cfg = self.config
         max_attempts = 1 + cfg.retries
-        rows = db.execute("SELECT url, attempts FROM pages WHERE status='pending' ORDER BY url").fetchall()
+        rows = db.execute("SELECT url, attempts FROM pages WHERE linked AND status='pending' ORDER BY url").fetchall()
         by_host: dict[str, deque[tuple[str, int]]] = {}
         for url, attempts in rows:
             by_host.setdefault(urlsplit(url).netloc, deque()).append((url, attempts))
@@ -379,8 +488,10 @@ class FetchPages(PipelineStep):
             return
         from tqdm import tqdm
 
+        from gpt2.webtext.local import terminal
+
         failures: Counter[str] = Counter()
-        bar = tqdm(total=len(rows), unit="page", desc="fetch", disable=not cfg.progress, smoothing=0.1)
+        bar = tqdm(total=len(rows), unit="page", desc="fetch", disable=not cfg.progress, smoothing=0.1, file=terminal())
         crawler = Crawler(cfg)
         requests = asyncio.Semaphore(cfg.concurrency)
 
@@ -401,17 +512,12 @@ class FetchPages(PipelineStep):
                     failures[out.kind] += 1
                     bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in failures.most_common(6)), refresh=False)
 
-        async def host_worker(queue: deque[tuple[str, int]], schedule: list[float], lock: asyncio.Lock) -> None:
+        async def host_worker(queue: deque[tuple[str, int]]) -> None:
             while queue:
                 url, attempts = queue.popleft()
                 while True:
-                    async with lock:  # the delay is between request starts, whichever worker makes them
-                        wait = schedule[0] - time.monotonic()
-                        schedule[0] = max(schedule[0], time.monotonic()) + cfg.per_host_delay
-                    if wait > 0:
-                        await asyncio.sleep(wait)
                     async with requests:
-                        out = await crawler.fetch(url)
+                        out = await crawler.fetch(url)  # waits for the host's turn before each request
                     attempts += 1
                     record(url, attempts, out)
                     if out.status != "retry" or attempts >= max_attempts:
@@ -419,11 +525,20 @@ class FetchPages(PipelineStep):
                     await asyncio.sleep(cfg.backoff * 2 ** (attempts - 1))  # back off: the host may be struggling
 
         async def do_host(netloc: str, queue: deque[tuple[str, int]]) -> None:
-            schedule, lock = [time.monotonic()], asyncio.Lock()
+            try:  # a host that is refused or does not resolve fails at once, with no request and no wait
+                refused = await crawler.refused(queue[0][0])
+            except (OSError, UnicodeError) as e:
+                refused, why = True, Outcome("failed", "dns", error=str(e))
+            else:
+                why = Outcome("failed", "private_address")
+            if refused:
+                for url, attempts in queue:
+                    record(url, attempts + 1, why)
+                return
             workers = min(cfg.per_host_concurrency, len(queue))
             crawler.open_host(netloc)
             try:
-                await asyncio.gather(*(host_worker(queue, schedule, lock) for _ in range(workers)))
+                await asyncio.gather(*(host_worker(queue) for _ in range(workers)))
             finally:
                 await crawler.close_host(netloc)
 
@@ -441,9 +556,11 @@ class FetchPages(PipelineStep):
             await crawler.close()
 
     def _pages(self, db: sqlite3.Connection) -> Iterator[Document]:
+        truncated = "" if self.config.keep_truncated else " AND NOT truncated"
         cursor = db.execute(
-            "SELECT url, final_url, karma, created_utc, subreddit, body FROM pages WHERE status='done' ORDER BY url"
-        )
+            "SELECT url, final_url, karma, created_utc, subreddit, body FROM pages WHERE linked AND status='done'"
+            + truncated + " ORDER BY url"
+        )  # fmt: skip
         for url, final_url, karma, created_utc, subreddit, body in cursor:
             meta = {"url": url, "final_url": final_url, "karma": karma, "created_utc": created_utc,
                     "subreddit": subreddit}  # fmt: skip

@@ -12,6 +12,7 @@ The selection and normalisation are plain functions (`select`, `normalise_url`);
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from gpt2.errors import GPT2Error
-from gpt2.io import atomic_open, open_binary
+from gpt2.io import CorruptInput, atomic_open, atomic_write, open_binary
 
 DEFAULT_BEFORE = "2017-12-01"  # "links created before December 2017" (section 2.2)
 DEFAULT_MIN_KARMA = 3  # "which received at least 3 karma" (section 2.2)
@@ -113,22 +114,48 @@ def parse_date(text: str) -> int:
         raise GPT2Error(f"--before {text!r} is not a date written YYYY-MM-DD") from None
 
 
+def _number(record: dict[str, Any], key: str) -> tuple[int | None, str | None]:
+    """(the integer value of a required numeric field, None), or (None, why the record is bad): Pushshift's
+    dumps hold numbers, and in some months numeric strings."""
+    if key not in record:
+        return None, f"{key}_missing"
+    value = record[key]
+    if value is None:
+        return None, f"{key}_null"
+    if isinstance(value, bool):
+        return None, f"{key}_not_a_number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, f"{key}_not_a_number"
+    return (int(number), None) if math.isfinite(number) else (None, f"{key}_not_a_number")
+
+
+def _flag(value: Any) -> bool:
+    return value is True or value == 1 or (isinstance(value, str) and value.strip().lower() in ("true", "1"))
+
+
 def select(submission: dict[str, Any], min_karma: int, before: int) -> tuple[str | None, str | None]:
     """(normalised URL, None) for a submission WebText keeps, else (None, why it was dropped), so that the stage
-    can count every reason."""
-    if submission.get("is_self") or str(submission.get("url") or "").startswith("/r/"):
+    can count every reason. A record without a usable `score`, `created_utc` or `url` is a bad record, its reason
+    prefixed "bad_record:" (a null date must not pass --before as 1970)."""
+    score, bad = _number(submission, "score")
+    created, bad = (None, bad) if bad else _number(submission, "created_utc")
+    if bad:
+        return None, "bad_record:" + bad
+    url = submission.get("url")
+    if not isinstance(url, str):
+        why = "missing" if "url" not in submission else "null" if url is None else "not_text"
+        return None, "bad_record:url_" + why
+    if _flag(submission.get("is_self")) or url.startswith("/r/"):
         return None, "self_post"
-    if submission.get("over_18"):
+    if _flag(submission.get("over_18")):
         return None, "over_18"
-    try:
-        score, created = int(submission.get("score") or 0), int(float(submission.get("created_utc") or 0))
-    except (TypeError, ValueError):
-        return None, "bad_record"
     if score < min_karma:
         return None, "low_karma"
     if created >= before:
         return None, "too_recent"
-    url = normalise_url(str(submission.get("url") or ""))
+    url = normalise_url(url)
     if url is None:
         return None, "not_http"
     host = urlsplit(url).hostname or ""
@@ -142,50 +169,77 @@ def select(submission: dict[str, Any], min_karma: int, before: int) -> tuple[str
 
 
 def host_shard(url: str, world_size: int) -> int:
-    """The task that fetches `url`: all of one host's links go to one task, so its politeness holds globally."""
-    return zlib.crc32((urlsplit(url).hostname or "").encode()) % world_size
+    """The task that fetches `url`: all of one host's links (host and port, the unit of robots.txt and of the
+    per-host limits) go to one task, so its politeness holds globally."""
+    return zlib.crc32(urlsplit(url).netloc.encode()) % world_size
 
 
 class SubmissionLinks(PipelineStep):
     """Reads this task's share of the submission dumps and yields one Document per kept link (text: the
-    normalised URL; metadata: karma, created_utc, subreddit, permalink). Counts every dropped reason in stats."""
+    normalised URL; metadata: karma, created_utc, subreddit, permalink). Counts every dropped reason in stats.
+
+    A truncated or corrupt dump ends the task with one error naming it and the offset reached, unless
+    `skip_bad_inputs`: then what it held before that point is used, and the file and its error are written to
+    `bad_inputs_dir` (for the summary) and counted."""
 
     type = "🔗 - LINKS"
     name = "Reddit submissions"
 
-    def __init__(self, files: Sequence[str | os.PathLike], min_karma: int = DEFAULT_MIN_KARMA, before: int = 0):
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        min_karma: int = DEFAULT_MIN_KARMA,
+        before: int = 0,
+        skip_bad_inputs: bool = False,
+        bad_inputs_dir: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__()
         self.files = [str(f) for f in files]
         self.min_karma = min_karma
         self.before = before or parse_date(DEFAULT_BEFORE)
+        self.skip_bad_inputs = skip_bad_inputs
+        self.bad_inputs_dir = str(bad_inputs_dir) if bad_inputs_dir else None
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        bad: list[dict] = []
         for path in self.files[rank::world_size]:
-            with open_binary(Path(path)) as f:
-                for n, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    self.stat_update("submissions")
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        self.stat_update("bad_record")
-                        continue
-                    if not isinstance(record, dict):
-                        self.stat_update("bad_record")
-                        continue
-                    url, reason = select(record, self.min_karma, self.before)
-                    if url is None:
-                        self.stat_update(reason)
-                        continue
-                    self.stat_update("kept")
-                    meta = {
-                        "karma": int(record.get("score") or 0),
-                        "created_utc": int(float(record["created_utc"])),
-                        "subreddit": str(record.get("subreddit") or ""),
-                        "permalink": str(record.get("permalink") or ""),
-                    }
-                    yield Document(text=url, id=f"{Path(path).name}:{n}", metadata=meta)
+            try:
+                yield from self._read(Path(path))
+            except CorruptInput as e:
+                if not self.skip_bad_inputs:
+                    raise GPT2Error(f"{e}; --skip-bad-inputs uses what the file holds before that point") from None
+                self.stat_update("bad_inputs")
+                bad.append({"file": path, "offset": e.offset, "size": e.size, "error": str(e)})
+        if self.bad_inputs_dir:
+            lines = "".join(json.dumps(b, ensure_ascii=False) + "\n" for b in bad)
+            atomic_write(Path(self.bad_inputs_dir) / f"{rank:05d}.jsonl", lines)
+
+    def _read(self, path: Path) -> Iterator[Document]:
+        with open_binary(path) as f:
+            for n, line in enumerate(f):
+                if not line.strip():
+                    continue
+                self.stat_update("submissions")
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    self.stat_update("bad_record:not_json")
+                    continue
+                if not isinstance(record, dict):
+                    self.stat_update("bad_record:not_an_object")
+                    continue
+                url, reason = select(record, self.min_karma, self.before)
+                if url is None:
+                    self.stat_update(reason)
+                    continue
+                self.stat_update("kept")
+                meta = {
+                    "karma": _number(record, "score")[0],
+                    "created_utc": _number(record, "created_utc")[0],
+                    "subreddit": str(record.get("subreddit") or ""),
+                    "permalink": str(record.get("permalink") or ""),
+                }
+                yield Document(text=url, id=f"{path.name}:{n}", metadata=meta)
 
 
 def _better(a: dict, b: dict) -> bool:
