@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4, help="copies of the shared text in the corpus")
     a = ap.parse_args()
 
-    from gpt2.analysis.overlap import Hasher, _new_bloom, build_filter, load_filter, ngrams, normalize, units_of
+    from gpt2.analysis.bloom import Hasher, _new_bloom, build_filter, load_filter, ngrams, normalize
+    from gpt2.analysis.overlap import units_of
 
     text = corpus(a.data, a.copies)
     words = normalize(text)

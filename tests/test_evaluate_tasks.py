@@ -128,8 +128,8 @@ WP_TARGET = [
     "The moon ( really ) was cheese !",
 ]
 WIKI = (
-    " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n"
-    " = Beta = \n Beta too . \n"
+    " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n \n"
+    " = Beta = \n \n Beta too . \n"
 )
 URLS = ["http://www.cnn.com/2015/story-one", "http://www.dailymail.co.uk/news/story-two"]
 
@@ -228,8 +228,8 @@ def test_official_formats_parse(official, monkeypatch):
     )
     assert pairs == list(zip(WP_SOURCE, WP_TARGET, strict=True))
     assert perplexity.wikitext_articles(WIKI) == [  # the blank line before the first title goes with it
-        " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n",
-        " = Beta = \n Beta too . \n",
+        " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year test . \n \n = = Use = = \n \n It is used . \n \n",
+        " = Beta = \n \n Beta too . \n",
     ]
     schemas = winograd.read_wsc(official / "wsc273/WSCollection.xml")
     assert schemas[0].options == ("the trophy", "the suitcase") and [s.label for s in schemas] == [0, 0]
@@ -249,7 +249,7 @@ def test_real_shared_files_parse(shared_data):
     assert len(texts) == 5153 and lambada.split_last_word(texts[0])[1] == " signs"
     raw = (shared_data / "wikitext-2-raw/wiki.test.raw").read_text(encoding="utf-8")
     articles = perplexity.wikitext_articles(raw)
-    assert articles[0].startswith(" \n = Robert Boulter = ") and "".join(articles) == raw and len(articles) == 62
+    assert articles[0].startswith(" \n = Robert Boulter = ") and "".join(articles) == raw and len(articles) == 60
     assert len(perplexity._ptb(shared_data / "ptb/ptb.test.txt", None)[0].splitlines()) == 3761
     wsc = winograd.read_wsc(shared_data / "wsc273/WSCollection.xml")
     assert len(wsc) == 285 and wsc[272].before.startswith("Carol believed that Rebecca regretted that")

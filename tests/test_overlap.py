@@ -1,8 +1,9 @@
-"""gpt2.analysis.overlap and `gpt2 overlap`: the paper's 8-gram Bloom filters (Section 4), checked against an exact
-Python set on real text."""
+"""gpt2.analysis.bloom, gpt2.analysis.overlap and `gpt2 overlap`: the paper's 8-gram Bloom filters (Section 4),
+checked against an exact Python set on real text."""
 
 from __future__ import annotations
 
+import base64
 import json
 import warnings
 from pathlib import Path
@@ -11,18 +12,16 @@ import pytest
 
 pytest.importorskip("rbloom")
 
-from gpt2.analysis import overlap  # noqa: E402
-from gpt2.analysis.overlap import (  # noqa: E402
+from gpt2.analysis import bloom  # noqa: E402
+from gpt2.analysis.bloom import (  # noqa: E402
     Hasher,
     build_filter,
-    exact_ngrams,
     load_filter,
     measure_false_positives,
-    measure_overlap,
     ngrams,
     normalize,
-    units_of,
 )
+from gpt2.analysis.overlap import Unit, exact_ngrams, measure_overlap, units_of  # noqa: E402
 from gpt2.cli import main  # noqa: E402
 from gpt2.errors import GPT2Error  # noqa: E402
 
@@ -97,11 +96,41 @@ def test_pieces_workers_and_cuts_change_nothing(tmp_path: Path, shakespeare: Pat
     (tmp_path / "a.txt").write_text(text, "utf-8")
     whole = tmp_path / "whole.bloom"
     build_filter([tmp_path / "a.txt"], whole, workers=1, fp_samples=FP)
-    monkeypatch.setattr(overlap, "_PIECE_CHARS", 50)
+    monkeypatch.setattr(bloom, "_PIECE_CHARS", 50)
     cut = tmp_path / "cut.bloom"
     build_filter([tmp_path / "a.txt"], cut, workers=2, fp_samples=FP)
     assert cut.read_bytes() == whole.read_bytes()
     assert load_filter(cut).header["ngrams"] == len(ngrams(normalize(text)))
+
+
+# A format-1 filter file of DICKENS (fp rate 1e-4, 1,000 samples) as `gpt2 overlap build` wrote it, kept as bytes
+DICKENS = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.\n"
+)
+OLD_FILTER = base64.b64decode(
+    "Z3B0MiA4LWdyYW0gYmxvb20KRwIAAAAAAAB7ImFwcHJveF9kaXN0aW5jdF9uZ3JhbXMiOjE4LCJieXRlc19wZXJfbmdyYW0iOjIuODgyMzUyOTQx"
+    "MTc2NDcwNiwiY29ycHVzIjpbeyJieXRlcyI6MTEwLCJwYXRoIjoiL3RtcC9vbGQvZGlja2Vucy50eHQifV0sImRvY3VtZW50cyI6MSwiZXhwZWN0"
+    "ZWRfZmFsc2VfcG9zaXRpdmVfcmF0ZSI6MC4wMDAxMzIxMDg2NjU3OTk3OTkwMywiZmFsc2VfcG9zaXRpdmVfcmF0ZSI6MC4wMDAxLCJmb3JtYXQi"
+    "OjEsImhhc2giOiJncHQyLThncmFtLXYxOiBrZXllZCBCTEFLRTJiLTY0IHBlciB3b3JkLCBzcGxpdG1peDY0IGNoYWluIG92ZXIgOCB3b3JkcyIs"
+    "Im1lYXN1cmVkX2ZhbHNlX3Bvc2l0aXZlcyI6eyJoaXRzIjowLCJyYXRlIjowLjAsInNhbXBsZXMiOjEwMDAsInNlZWQiOjIwMTkwMjE0LCJ1cHBl"
+    "cl85NSI6MC4wMDN9LCJuIjo4LCJuZ3JhbXMiOjE3LCJub3JtYWxpemF0aW9uIjoibG93ZXItY2FzZWQ7IGV2ZXJ5IGNoYXJhY3RlciBidXQgbGV0"
+    "dGVycyBhbmQgZGlnaXRzIGEgd29yZCBib3VuZGFyeSAoUmFkZm9yZCBldCBhbC4gMjAxOSwgU2VjdGlvbiA0KSIsInNpemVfaW5fYml0cyI6MzI4"
+    "LCJ0ZXh0X2ZpZWxkIjoidGV4dCJ9DQAAAAAAAADBEaEh6ibCTuXSLbi+tOJv4FfWSBsps9IscXX8/xtK+DrlXahUI2jii6Npcy+6IVPloj2qLtnR"
+    "1ulnWMS5I5tll4T6bENJB8Q4"
+)
+
+
+def test_a_filter_written_before_loads_and_is_built_again_byte_for_byte(tmp_path: Path) -> None:
+    (tmp_path / "old.bloom").write_bytes(OLD_FILTER)
+    old = load_filter(tmp_path / "old.bloom")
+    words = normalize(DICKENS)
+    assert old.header["ngrams"] == len(words) - 7 and old.contains(words).all()
+    assert not old.contains(normalize("the worst of times it was the best of all")).any()
+    (tmp_path / "dickens.txt").write_text(DICKENS, "utf-8")
+    build_filter([tmp_path / "dickens.txt"], tmp_path / "new.bloom", fp_rate=1e-4, workers=1, fp_samples=1000)
+    new = load_filter(tmp_path / "new.bloom")
+    assert new.header["corpus"] != old.header["corpus"]  # the only difference: where the corpus was
+    assert bloom._encode({**new.header, "corpus": old.header["corpus"]}, new.bloom.save_bytes()) == OLD_FILTER
 
 
 def test_the_false_positive_rate_is_measured(tmp_path: Path, shakespeare: Path) -> None:
@@ -133,7 +162,7 @@ def test_damaged_filters_are_refused(ts_filter: Path, tmp_path: Path) -> None:
     filt = load_filter(ts_filter)
     for key, value, message in [("normalization", "lower-cased only", "another normalisation"),
                                 ("format", 99, "format 99")]:  # fmt: skip
-        bad.write_bytes(overlap._encode({**filt.header, key: value}, filt.bloom.save_bytes()))
+        bad.write_bytes(bloom._encode({**filt.header, key: value}, filt.bloom.save_bytes()))
         with pytest.raises(GPT2Error, match=message):
             load_filter(bad)
 
@@ -172,8 +201,10 @@ def test_units_of_the_papers_test_sets(shared_data: Path, tmp_path: Path) -> Non
     assert kind == "wikitext" and len(units) == 60 and units[0].name == "Robert <unk>"
     kind, units = units_of(shared_data / "lambada" / "lambada_openai.jsonl")  # context + continuation
     assert kind == "lambada" and len(units) == 5153 and units[0].text.endswith(" signs")
-    kind, units = units_of(shared_data / "nq_open" / "NQ-open.dev.jsonl")  # no "text": every string of a record
-    assert kind == "jsonl" and len(units) == 3610 and "moon" in units[0].text and "1972" in units[0].text
+    kind, units = units_of(shared_data / "nq_open" / "NQ-open.dev.jsonl")  # the question and its answers
+    assert kind == "nq" and len(units) == 3610 and "moon" in units[0].text and "1972" in units[0].text
+    kind, units = units_of(shared_data / "wsc273" / "winograd_wsc.jsonl")  # no "text": every string of a record
+    assert kind == "jsonl" and len(units) == 273 and units[0].name == "record 1" and "councilmen" in units[0].text
     kind, units = units_of(shared_data / "wmt14-en-fr" / "newstest2014-fren-src.en.sgm")
     assert kind == "wmt" and len(units) == 3003 and units[0].text == "Spectacular Wingsuit Jump Over Bogota"
     cbt = (
@@ -186,7 +217,7 @@ def test_units_of_the_papers_test_sets(shared_data: Path, tmp_path: Path) -> Non
         "A .\nB c",
     ]
     (tmp_path / "notes.md").write_text("one document", "utf-8")
-    assert units_of(tmp_path / "notes.md") == ("text", [overlap.Unit("notes.md", "one document")])
+    assert units_of(tmp_path / "notes.md") == ("text", [Unit("notes.md", "one document")])
 
 
 def test_the_command_builds_tests_and_writes_json_and_a_plot(

@@ -1,592 +1,30 @@
 """Test-set contamination, as the paper measured it (Radford et al. 2019, Section 4, "Generalization vs
-Memorization"): a Bloom filter holds the 8-grams of a training corpus, and a test set's overlap is the share of
-its 8-grams that the filter contains.
+Memorization"): the share of a test set's 8-grams found in a Bloom filter of a training corpus (gpt2.analysis.bloom),
+per file and per example.
 
-Normalisation (Section 4: "strings were normalized to contain only lower-cased alphanumeric words with a single
-space as a delimiter"): text is lower-cased, every character that is neither a letter nor a digit becomes a word
-boundary, and the words are split on whitespace ("Don't stop!" -> don t stop). Splitting at punctuation rather
-than deleting it makes raw and tokenised copies of a text agree ("don't" and WikiText's "don 't", "well-known" and
-"well @-@ known"), the recall the paper normalised for. 8-grams never cross documents.
-
-Hashing. The filter is rbloom's, but it is given 64-bit integers, not strings: each word is hashed once with keyed
-BLAKE2b (64 bits; cached per process) and an 8-gram's hash is a splitmix64 chain over its eight word hashes, computed
-with numpy for all the 8-grams of a text at once. Into a filter of tinyshakespeare (1 MB, in cache), hashing each
-8-gram string with BLAKE2b through rbloom's Python callback inserted 0.28M 8-grams/s on one core, this 1.4M/s. On
-filters larger than the caches both are bound by rbloom's ~27 random memory probes per 8-gram at 1e-8 (about 0.1-0.2M
-8-grams/s on this busy machine; benchmarks/bench_overlap.py has the figures against a Python set). 64 bits are
-enough: two distinct 8-grams share a hash with probability 2^-64, so for n <= 1.8e10 inserted 8-grams collisions add
-under 1e-9 to the false-positive rate, well below the paper's 1e-8 bound. The hash is fixed (key and constants are
-part of the file format), so a filter saved by one process answers in another.
-
-Building streams: a first pass counts the 8-grams (sum over documents of words - 7) to size the filter, a second
-inserts them; both passes fan text out to worker processes, each filling its own filter of the same size, and the
-filters are OR-ed together (exact for Bloom filters of equal parameters, so the file does not depend on the number
-of workers). A document larger than one piece is cut at whitespace; the 8-grams across a cut are added from the
-seven words either side.
-
-File: MAGIC, the header's length (8 bytes, little-endian), the header (JSON: parameters, corpus, measured
-false-positive rate), rbloom's bytes, and the SHA-256 of everything before it.
+A file of one of the evaluation's data sets is split into the examples the evaluation scores, read by that task's
+own reader (gpt2.evaluate.tasks), so that "an example" means the same thing in the contamination report and in the
+evaluation: LAMBADA passages, WikiText articles, PTB and 1BW sentences, CBT questions, WMT segments, CoQA stories,
+HellaSwag contexts with their endings, NQ questions with their answers, RACE articles with their questions, CNN /
+Daily Mail articles with their highlights, WSC273 schemas. Any other file is one unit per JSON Lines record (its
+text field, or all its strings), or one unit.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import multiprocessing
 import os
-import queue
-import re
-import struct
-import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gpt2.analysis.bloom import N, OverlapFilter, joined_hashes, ngrams, normalize
 from gpt2.errors import GPT2Error
-from gpt2.io import DocumentReader, atomic_write, input_files, is_jsonl, open_binary
+from gpt2.evaluate.data import read_jsonl, read_text
+from gpt2.evaluate.tasks import cbt, cnn_dm, coqa, hellaswag, lambada, nq, perplexity, race, winograd, wmt
+from gpt2.io import DocumentReader, input_files, is_jsonl
 
-if TYPE_CHECKING:
-    import numpy as np
-    from rbloom import Bloom
 
-N = 8  # the paper's n-gram length
-MAGIC = b"gpt2 8-gram bloom\n"
-FORMAT = 1
-HASH_NAME = "gpt2-8gram-v1: keyed BLAKE2b-64 per word, splitmix64 chain over 8 words"
-NORMALIZATION = "lower-cased; every character but letters and digits a word boundary (Radford et al. 2019, Section 4)"
-_WORD_KEY = b"gpt2-overlap-8gram-v1"
-_GOLDEN = 0x9E3779B97F4A7C15
-_FP_SEED = 20190214  # the paper's release date: a fixed seed makes the measured rate, and so the file, reproducible
-_PUNCT = re.compile(r"[^\w\s]|_")
-_PIECE_CHARS = 1 << 20  # text handed to a worker at a time
-_CACHE_WORDS = 1 << 21  # distinct word hashes kept per process before the cache is cleared
-
-
-# ------------------------------------------------------------------------------------------------ normalising
-def normalize(text: str) -> list[str]:
-    """The paper's normalised words: lower-cased runs of letters and digits."""
-    return _PUNCT.sub(" ", text.lower()).split()
-
-
-def ngrams(words: Sequence[str], n: int = N) -> list[str]:
-    """The n-grams of `words` as strings, words joined by one space (what --exact keeps in a Python set)."""
-    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
-def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8, key=_WORD_KEY).digest(), "little")
-
-
-class Hasher:
-    """8-gram hashes of word lists, with a per-process cache of word hashes."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str, int] = {}
-
-    def word_ids(self, words: Sequence[str]) -> np.ndarray:
-        import numpy as np
-
-        cache = self.cache
-        if len(cache) > _CACHE_WORDS:
-            cache.clear()
-        for w in set(words).difference(cache):
-            cache[w] = _word_hash(w)
-        return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
-
-    def hashes(self, words: Sequence[str]) -> np.ndarray:
-        """The hash of each 8-gram of `words` as int64 (rbloom takes signed 128-bit ints), in order."""
-        return chain_hashes(self.word_ids(words))
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    # splitmix64's finaliser: a bijection on 64 bits with full avalanche
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def chain_hashes(ids: np.ndarray, n: int = N) -> np.ndarray:
-    """8-gram hashes from word hashes: h <- mix(h ^ (word_j + (j+1) * golden)) over the 8 positions, so order
-    matters and every word changes every bit."""
-    import numpy as np
-
-    count = len(ids) - n + 1
-    if count <= 0:
-        return np.zeros(0, dtype=np.int64)
-    h = np.zeros(count, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(n):
-            h = _mix(h ^ (ids[j : j + count] + np.uint64(((j + 1) * _GOLDEN) % (1 << 64))))
-    return h.view(np.int64)
-
-
-def joined_hashes(hasher: Hasher, word_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """The 8-gram hashes of several word lists at once (numpy's per-call cost dominates on short texts): the
-    hashes over their concatenation, and the offset of each list's first 8-gram in them. List i's 8-grams are
-    hashes[offsets[i] : offsets[i] + len(list i) - 7]; the 8-grams across two lists are computed but unused."""
-    import numpy as np
-
-    lengths = np.fromiter(map(len, word_lists), dtype=np.int64, count=len(word_lists))
-    offsets = np.zeros(len(word_lists), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    return hasher.hashes([w for words in word_lists for w in words]), offsets
-
-
-def _valid(hashes: np.ndarray, offsets: np.ndarray, word_lists: Sequence[Sequence[str]]) -> np.ndarray:
-    """The hashes of 8-grams inside one list (see joined_hashes)."""
-    import numpy as np
-
-    keep = np.zeros(len(hashes), dtype=bool)
-    for start, words in zip(offsets.tolist(), word_lists, strict=True):
-        if len(words) >= N:
-            keep[start : start + len(words) - N + 1] = True
-    return hashes[keep]
-
-
-def _new_bloom(expected: int, fp_rate: float) -> Bloom:
-    from rbloom import Bloom
-
-    # the items are already stable 64-bit hashes (see the module's docstring); `int` returns them as they are
-    return Bloom(max(1, expected), fp_rate, int)
-
-
-# ------------------------------------------------------------------------------------------------ the workers
-# A task is a list of (seq, text, joined): seq numbers the pieces in corpus order; joined marks a piece of a
-# document cut into several, whose words at the ends are returned so the 8-grams across the cuts can be added.
-Task = list[tuple[int, str, bool]]
-
-
-def _run_task(task: Task, mode: str, bloom: Bloom | None, hasher: Hasher) -> tuple[int, list[tuple]]:
-    """Count (mode "count") or insert (mode "insert") the 8-grams inside each piece. Returns the 8-grams counted
-    or inserted, and for joined pieces (seq, words, first 7 words, last 7 words)."""
-    total, joins = 0, []
-    word_lists = [normalize(text) for _, text, _ in task]
-    for (seq, _, joined), words in zip(task, word_lists, strict=True):
-        total += max(0, len(words) - N + 1)
-        if joined:
-            joins.append((seq, len(words), words[: N - 1], words[-(N - 1) :] if len(words) >= N - 1 else words))
-    if mode == "insert" and total:
-        hashes, offsets = joined_hashes(hasher, word_lists)
-        bloom.update(_valid(hashes, offsets, word_lists).tolist())  # type: ignore[union-attr]
-    return total, joins
-
-
-def _worker(mode: str, expected: int, fp_rate: float, tasks: Any, results: Any, save_to: str) -> None:
-    try:
-        bloom = _new_bloom(expected, fp_rate) if mode == "insert" else None
-        hasher = Hasher()
-        while (task := tasks.get()) is not None:
-            results.put(("ok", _run_task(task, mode, bloom, hasher)))
-        if bloom is not None:
-            bloom.save(save_to)
-        results.put(("done", None))
-    except BaseException as e:  # noqa: BLE001 - the parent reports it; a worker must not die silently
-        results.put(("error", f"{type(e).__name__}: {e}"))
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
-@dataclass
-class _Pass:
-    """One pass over the corpus: the 8-grams inside pieces, and what the cuts between pieces need."""
-
-    ngrams: int = 0
-    joins: dict[int, tuple] = field(default_factory=dict)
-    joined_docs: list[tuple[int, int]] = field(default_factory=list)  # (seq, document) of joined pieces, in order
-    documents: int = 0
-    filters: list[str] = field(default_factory=list)
-
-
-def _whitespace_near(text: str, at: int) -> int:
-    """The index of the last whitespace character before `at`, else of the first after it, else -1."""
-    found = max(text.rfind(c, 0, at) for c in " \n\t\r")
-    if found < 0:
-        after = [i for i in (text.find(c, at) for c in " \n\t\r") if i >= 0]
-        found = min(after, default=-1)
-    return found
-
-
-def _tasks(reader: DocumentReader, p: _Pass) -> Iterator[Task]:
-    """The corpus in tasks of about _PIECE_CHARS characters. A document longer than that is cut at whitespace into
-    pieces marked joined; the newest piece waits until the next shows whether the document goes on."""
-    task: Task = []
-    size = 0
-    seq = 0
-    ready: list[tuple[str, bool]] = []
-
-    def flush(doc_index: int) -> Iterator[Task]:
-        nonlocal task, size, seq
-        for text, joined in ready:
-            task.append((seq, text, joined))
-            if joined:
-                p.joined_docs.append((seq, doc_index))
-            seq += 1
-            size += len(text)
-            if size >= _PIECE_CHARS:
-                yield task
-                task, size = [], 0
-        ready.clear()
-
-    for doc in reader.documents():
-        doc_index = p.documents
-        p.documents += 1
-        pending: str | None = None
-        was_cut = False
-        carry = ""
-        for piece in doc:
-            carry += piece
-            while len(carry) >= _PIECE_CHARS:
-                at = _whitespace_near(carry, _PIECE_CHARS)
-                if at < 0:  # no whitespace yet: one long word grows until some arrives
-                    break
-                if pending is not None:
-                    ready.append((pending, True))
-                    was_cut = True
-                pending, carry = carry[: at + 1], carry[at + 1 :]
-            yield from flush(doc_index)
-        tail = [t for t in (pending, carry) if t]
-        ready.extend((t, was_cut or len(tail) > 1) for t in tail)
-        yield from flush(doc_index)
-    if task:
-        yield task
-
-
-def _run_pass(
-    reader: DocumentReader,
-    mode: str,
-    workers: int,
-    expected: int = 0,
-    fp_rate: float = 1e-8,
-    tmp: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> _Pass:
-    """Run one pass over the corpus on `workers` processes (in this one when 1)."""
-    p = _Pass()
-    if workers <= 1:
-        bloom = _new_bloom(expected, fp_rate) if mode == "insert" else None
-        hasher = Hasher()
-        for task in _tasks(reader, p):
-            _collect(p, _run_task(task, mode, bloom, hasher), progress)
-        if bloom is not None:
-            assert tmp is not None
-            path = os.path.join(tmp, "filter-0")
-            bloom.save(path)
-            p.filters.append(path)
-        return p
-    # spawn: a forked child would inherit whatever threads and state the parent holds (a test runner, say)
-    ctx = multiprocessing.get_context("spawn")
-    tasks: Any = ctx.Queue(maxsize=2 * workers)  # bounded: memory holds a few pieces however large the corpus
-    results: Any = ctx.Queue()
-    paths = [os.path.join(tmp or "", f"filter-{i}") for i in range(workers)]
-    procs = [
-        ctx.Process(target=_worker, args=(mode, expected, fp_rate, tasks, results, path), daemon=True) for path in paths
-    ]
-    for proc in procs:
-        proc.start()
-    done = 0
-
-    def check_alive() -> None:
-        if any(proc.exitcode not in (None, 0) for proc in procs):
-            raise GPT2Error("an 8-gram worker process was killed before it finished (out of memory?)")
-
-    def drain(block: bool) -> None:
-        nonlocal done
-        while done < workers:
-            try:
-                kind, value = results.get(timeout=0.2) if block else results.get_nowait()
-            except queue.Empty:
-                check_alive()
-                if block:
-                    continue
-                return
-            if kind == "error":
-                raise GPT2Error(f"an 8-gram worker process failed: {value}")
-            if kind == "done":
-                done += 1
-            else:
-                _collect(p, value, progress)
-
-    try:
-        for task in _tasks(reader, p):
-            while True:
-                try:
-                    tasks.put(task, timeout=0.2)
-                    break
-                except queue.Full:
-                    drain(block=False)
-            drain(block=False)
-        for _ in procs:
-            tasks.put(None)
-        drain(block=True)
-        for proc in procs:
-            proc.join()
-        if mode == "insert":
-            p.filters = paths
-        return p
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-
-
-def _collect(p: _Pass, result: tuple[int, list[tuple]], progress: Callable[[int], None] | None) -> None:
-    count, joins = result
-    p.ngrams += count
-    for seq, *rest in joins:
-        p.joins[seq] = tuple(rest)
-    if progress is not None:
-        progress(count)
-
-
-def _joined_documents(p: _Pass) -> Iterator[list[tuple]]:
-    """The (words, head, tail) of each cut document's pieces, in order."""
-    current: list[tuple] = []
-    last_doc = -1
-    for seq, doc in p.joined_docs:
-        if doc != last_doc and current:
-            yield current
-            current = []
-        last_doc = doc
-        current.append(p.joins[seq])
-    if current:
-        yield current
-
-
-def _across_cuts(pieces: list[tuple]) -> Iterator[tuple[int, list[str]]]:
-    """For one cut document: (c, words) where the 8-grams of `words` that start in its first c words are those
-    across a cut: the last (at most 7) words before the cut, then the first (at most 7) after it."""
-    carry: list[str] = []
-    for count, head, tail in pieces:
-        if carry:
-            yield len(carry), carry + head
-        carry = (carry + head)[-(N - 1) :] if count < N - 1 else tail
-
-
-# ------------------------------------------------------------------------------------------------ the file
-@dataclass
-class OverlapFilter:
-    """A loaded filter: the rbloom filter and its header."""
-
-    bloom: Bloom
-    header: dict[str, Any]
-    hasher: Hasher = field(default_factory=Hasher)
-
-    def contains(self, words: Sequence[str]) -> np.ndarray:
-        """For each 8-gram of `words`, in order: is it in the filter?"""
-
-        return self.contains_hashes(self.hasher.hashes(words))
-
-    def contains_hashes(self, hashes: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        return np.fromiter(map(self.bloom.__contains__, hashes.tolist()), dtype=bool, count=len(hashes))
-
-
-def _encode(header: dict[str, Any], payload: bytes) -> bytes:
-    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    body = MAGIC + struct.pack("<Q", len(head)) + head + payload
-    return body + hashlib.sha256(body).digest()
-
-
-def load_filter(path: str | os.PathLike) -> OverlapFilter:
-    """Read a filter written by build_filter, checking its magic, checksum and format."""
-    from rbloom import Bloom
-
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GPT2Error(f"{path}: cannot read the filter ({e.strerror})") from None
-    if not data.startswith(MAGIC):
-        raise GPT2Error(f"{path}: not an 8-gram filter made by `gpt2 overlap build` (wrong magic bytes)")
-    fixed = len(MAGIC) + 8
-    if len(data) < fixed + 32:
-        raise GPT2Error(f"{path}: the filter file is truncated ({len(data)} bytes); build it again")
-    body, digest = data[:-32], data[-32:]
-    if hashlib.sha256(body).digest() != digest:
-        raise GPT2Error(f"{path}: the filter file is corrupted or truncated (checksum mismatch); build it again")
-    (head_len,) = struct.unpack("<Q", data[len(MAGIC) : fixed])
-    try:
-        header = json.loads(body[fixed : fixed + head_len])
-    except ValueError:
-        raise GPT2Error(f"{path}: the filter's header is not valid JSON; build it again") from None
-    if header.get("format") != FORMAT or header.get("hash") != HASH_NAME or header.get("n") != N:
-        raise GPT2Error(
-            f"{path}: filter format {header.get('format')} ({header.get('hash')}); this gpt2 reads format {FORMAT}"
-        )
-    if header.get("normalization") != NORMALIZATION:
-        # the same hash of differently normalised words would silently miss every 8-gram with punctuation in it
-        raise GPT2Error(f"{path}: built with another normalisation ({header.get('normalization')!r}); build it again")
-    try:
-        bloom = Bloom.load_bytes(body[fixed + head_len :], int)
-    except Exception as e:  # noqa: BLE001 - rbloom raises ValueError or others on bytes it did not write
-        raise GPT2Error(f"{path}: the filter's bit array cannot be read ({e}); build it again") from None
-    return OverlapFilter(bloom, header)
-
-
-def measure_false_positives(bloom: Bloom, samples: int, seed: int = _FP_SEED) -> dict[str, Any]:
-    """The filter's false-positive rate on `samples` random 8-grams, as the paper checked its filters ("we further
-    verified the low false positive rate by generating 1M strings, of which zero were found by the filter"). The
-    words are random 8-letter strings, so the 8-grams are not in any natural corpus; the hashing is the real one."""
-    import base64
-
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    vocab = [base64.b32encode(rng.bytes(5)).decode().lower() for _ in range(4096)]
-    ids = Hasher().word_ids(vocab)
-    hits, done = 0, 0
-    while done < samples:
-        n = min(1 << 16, samples - done)
-        choice = ids[rng.integers(0, len(vocab), size=(n, N))]
-        h = np.zeros(n, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for j in range(N):
-                h = _mix(h ^ (choice[:, j] + np.uint64(((j + 1) * _GOLDEN) % (1 << 64))))
-        hits += sum(map(bloom.__contains__, h.view(np.int64).tolist()))
-        done += n
-    # with no hit, the rule of three gives a 95% upper bound of 3/n
-    return {"samples": samples, "hits": hits, "rate": hits / samples if samples else None,
-            "upper_95": (3 / samples if hits == 0 else None) if samples else None, "seed": seed}  # fmt: skip
-
-
-def expected_false_positive_rate(bits: int, hashes: int, items: float) -> float:
-    """The textbook rate (1 - e^(-k n / m))^k for m bits, k hash functions and n distinct items."""
-    return (1 - math.exp(-hashes * items / bits)) ** hashes if bits else 1.0
-
-
-@dataclass
-class BuildResult:
-    path: Path
-    header: dict[str, Any]
-    seconds: dict[str, float]
-
-
-def build_filter(
-    corpus: Sequence[str | os.PathLike],
-    output: str | os.PathLike,
-    fp_rate: float = 1e-8,
-    *,
-    workers: int | None = None,
-    text_field: str = "text",
-    fp_samples: int = 1_000_000,
-    progress: bool = False,
-) -> BuildResult:
-    """Build the 8-gram Bloom filter of `corpus` (files and folders as `gpt2 prepare` reads them) into `output`.
-
-    Two passes: the first counts the 8-grams (an upper bound on the distinct ones) to size the filter for
-    `fp_rate`, the second inserts them, both on `workers` processes (default: every core this process may use).
-    Then `fp_samples` random 8-grams measure the false-positive rate, which the header keeps."""
-    import time
-
-    if not 0 < fp_rate < 1:
-        raise GPT2Error(f"--false-positive-rate must be between 0 and 1, got {fp_rate}")
-    if fp_samples < 0:
-        raise GPT2Error(f"--fp-samples must be >= 0, got {fp_samples}")
-    if workers is not None and workers < 1:
-        raise GPT2Error(f"--workers must be >= 1, got {workers}")
-    files = input_files(corpus)
-    if workers is None:
-        # starting a process costs more than it saves on a corpus of a piece or two
-        small = sum(f.stat().st_size for f in files) < 2 * _PIECE_CHARS
-        workers = 1 if small else _available_cores()
-    output = Path(output)
-    bar = _progress_bar(progress)
-    seconds: dict[str, float] = {}
-
-    start = time.perf_counter()
-    reader = DocumentReader(files, text_field)
-    counted = _run_pass(reader, "count", workers, progress=bar("counting 8-grams"))
-    total = counted.ngrams
-    for pieces in _joined_documents(counted):
-        total += max(0, sum(c for c, _, _ in pieces) - N + 1) - sum(max(0, c - N + 1) for c, _, _ in pieces)
-    seconds["count"] = time.perf_counter() - start
-    if counted.documents == 0 or not any(f.stat().st_size for f in files):
-        raise GPT2Error(f"no text found in {', '.join(map(str, corpus))}: the corpus is empty")
-    if total == 0:
-        raise GPT2Error(
-            f"no 8-grams in {', '.join(map(str, corpus))}: all {counted.documents} documents have fewer than {N} words"
-        )
-
-    start = time.perf_counter()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp:
-        reader = DocumentReader(files, text_field)
-        inserted = _run_pass(reader, "insert", workers, total, fp_rate, tmp, progress=bar("inserting 8-grams"))
-        reader.warn_invalid(stacklevel=3)
-        from rbloom import Bloom
-
-        bloom = Bloom.load(inserted.filters[0], int)
-        for path in inserted.filters[1:]:
-            bloom |= Bloom.load(path, int)
-    hasher = Hasher()
-    count = inserted.ngrams
-    for pieces in _joined_documents(inserted):
-        for carried, window in _across_cuts(pieces):
-            across = hasher.hashes(window)[:carried].tolist()
-            bloom.update(across)
-            count += len(across)
-    seconds["insert"] = time.perf_counter() - start
-    if count > total:  # the corpus changed between the passes: the filter is fuller than its size assumed
-        warnings.warn(
-            f"the corpus grew while the filter was built ({count:,} 8-grams inserted, {total:,} counted): its "
-            f"false-positive rate may exceed {fp_rate:g}",
-            stacklevel=2,
-        )
-
-    start = time.perf_counter()
-    payload = bloom.save_bytes()
-    measured = measure_false_positives(bloom, fp_samples)
-    seconds["false_positives"] = time.perf_counter() - start
-    bits = bloom.size_in_bits
-    distinct = bloom.approx_items
-    k = max(1, round(-math.log2(fp_rate)))  # rbloom's number of hashes: ceil(-log2 p) at its optimal size
-    header = {
-        "format": FORMAT,
-        "n": N,
-        "normalization": NORMALIZATION,
-        "hash": HASH_NAME,
-        "false_positive_rate": fp_rate,
-        "size_in_bits": bits,
-        "ngrams": count,
-        "approx_distinct_ngrams": round(distinct) if math.isfinite(distinct) else None,
-        "bytes_per_ngram": len(payload) / count,
-        "expected_false_positive_rate": expected_false_positive_rate(bits, k, distinct)
-        if math.isfinite(distinct)
-        else None,
-        "measured_false_positives": measured,
-        "documents": counted.documents,
-        "corpus": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
-        "text_field": text_field,
-    }
-    atomic_write(output, _encode(header, payload))
-    return BuildResult(output, header, seconds)
-
-
-def _progress_bar(enabled: bool) -> Callable[[str], Callable[[int], None] | None]:
-    def make(desc: str) -> Callable[[int], None] | None:
-        if not enabled:
-            return None
-        from tqdm import tqdm
-
-        bar = tqdm(desc=desc, unit=" 8-grams", unit_scale=True, leave=False)
-        return bar.update
-
-    return make
-
-
-# ------------------------------------------------------------------------------------------------ test sets
 @dataclass
 class Unit:
     """One document or example of a test set: what the paper's Figure 5 counts one of."""
@@ -595,21 +33,90 @@ class Unit:
     text: str
 
 
-def _read_text(path: Path) -> str:
-    """A file's text, decompressed by suffix; invalid UTF-8 replaced with U+FFFD and warned about, as gpt2.io does."""
-    try:
-        with open_binary(path) as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise GPT2Error(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if not is_jsonl(path) and (nul := raw.find(b"\0")) >= 0:
-        raise GPT2Error(f"{path}: looks like a binary file (a NUL byte at offset {nul}); pass UTF-8 text files")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        bad = sum(1 for c in raw.decode("utf-8", "surrogateescape") if "\udc80" <= c <= "\udcff")
-        warnings.warn(f"invalid UTF-8 in {bad:,} bytes of {path} was replaced with U+FFFD", stacklevel=3)
-        return raw.decode("utf-8", "replace")
+def _numbered(noun: str, texts: Iterable[str]) -> list[Unit]:
+    return [Unit(f"{noun} {i}", text) for i, text in enumerate(texts, start=1)]
+
+
+def _lambada(path: Path) -> list[Unit]:
+    return _numbered("passage", lambada.read_lambada(path))
+
+
+def _wikitext(path: Path) -> list[Unit]:
+    articles = perplexity.wikitext_articles(read_text(path))
+    return [Unit(perplexity.wikitext_title(a) or f"article {i}", a) for i, a in enumerate(articles, start=1)]
+
+
+def _sentences(path: Path) -> list[Unit]:
+    return _numbered("sentence", perplexity.read_sentences(path))
+
+
+def _cbt(path: Path) -> list[Unit]:
+    # the passage as the model reads it, the answer in the blank; the other candidates are not text of the book
+    texts = ("\n".join([*ex.sentences, ex.query.replace(cbt.BLANK, ex.answer)]) for ex in cbt.read_cbt(path))
+    return _numbered("question", texts)
+
+
+def _wmt(path: Path) -> list[Unit]:
+    return _numbered("segment", wmt.read_sgm(path))
+
+
+def _coqa(path: Path) -> list[Unit]:
+    return [Unit(s.id or f"story {i}", coqa.transcript(s)) for i, s in enumerate(coqa.read_coqa(path), start=1)]
+
+
+def _hellaswag_units(examples: list[hellaswag.Example]) -> list[Unit]:
+    return _numbered("task", ("\n".join([context, *endings]) for context, endings, _ in examples))
+
+
+def _hellaswag_official(path: Path) -> list[Unit]:
+    return _hellaswag_units(hellaswag.read_official(path))
+
+
+def _hellaswag_llama_cpp(path: Path) -> list[Unit]:
+    return _hellaswag_units(hellaswag.read_llama_cpp(path))
+
+
+def _nq(path: Path) -> list[Unit]:
+    return _numbered("question", ("\n".join([question, *answers]) for question, answers in nq.read_nq(path)))
+
+
+def _race(path: Path) -> list[Unit]:
+    units = []
+    for a in race.read_jsonl(path):
+        # the article, then each question and its four options; the answer letters and the file name are no text
+        questions = [line for q in a.questions for line in (q.question, *q.options)]
+        units.append(Unit(a.id, "\n".join([a.text, *questions])))
+    return units
+
+
+def _cnn_dm(path: Path) -> list[Unit]:
+    pairs = cnn_dm.read_summeval(path, None)
+    return _numbered("article", (f"{article}\n{highlights}" for article, highlights in pairs))
+
+
+def _winograd(path: Path) -> list[Unit]:
+    schemas = winograd.read_wsc(path)[: winograd.WSC273]
+    sentences = ((f"{s.before} " if s.before else "") + s.pronoun + winograd.continuation(s) for s in schemas)
+    return _numbered("schema", sentences)
+
+
+# The evaluation's data sets by file name (lower-cased), as its data folder names them: (kind, a JSON Lines file or
+# not, whether a name is one, the units). A JSON Lines file not named here is read as records.
+_TEST_SETS: list[tuple[str, bool, Callable[[str], bool], Callable[[Path], list[Unit]]]] = [
+    ("lambada", True, lambda n: n.startswith("lambada"), _lambada),
+    ("nq", True, lambda n: n.startswith("nq-open"), _nq),
+    ("race", True, lambda n: n.startswith(("test_high.", "test_middle.")), _race),
+    ("cnn_dm", True, lambda n: n.startswith("summeval_cnndm"), _cnn_dm),
+    ("hellaswag", True, lambda n: n.startswith("hellaswag"), _hellaswag_official),
+    ("wikitext", False, lambda n: n.startswith("wiki.") or "wikitext" in n, _wikitext),
+    ("ptb", False, lambda n: n.startswith("ptb."), _sentences),
+    ("1bw", False, lambda n: n.startswith("news.en.heldout") or "1b_benchmark" in n, _sentences),
+    ("cbt", False, lambda n: n.startswith("cbtest"), _cbt),
+    ("wmt", False, lambda n: n.endswith((".sgm", ".sgm.gz")), _wmt),
+    ("coqa", False, lambda n: n.startswith("coqa") and n.endswith(".json"), _coqa),
+    ("hellaswag", False, lambda n: n.startswith("hellaswag") and ".txt" in n, _hellaswag_llama_cpp),
+    ("winograd", False, lambda n: n == winograd.WSC.name.lower(), _winograd),
+]
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -623,84 +130,26 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def _jsonl(path: Path, text: str) -> Iterator[dict[str, Any] | Any]:
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except ValueError:
-                raise GPT2Error(f"{path}:{n}: not valid JSON") from None
-
-
-_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
+def _records(path: Path, text_field: str) -> list[Unit]:
+    texts = []
+    for record in read_jsonl(path, lambda record: record, "JSON"):
+        text = record.get(text_field) if isinstance(record, dict) else None
+        texts.append(text if isinstance(text, str) else " ".join(_strings(record)))
+    return _numbered("record", texts)
 
 
 def units_of(path: str | os.PathLike, text_field: str = "text") -> tuple[str, list[Unit]]:
-    """A test file's kind and its units: the examples the paper's test sets are scored on when the file is one of
-    them (LAMBADA passages, WikiText articles, PTB and 1BW sentences, CBT questions, WMT segments, CoQA stories,
-    HellaSwag contexts with their endings), else one unit per JSON Lines record (its `text_field`, or all its
-    strings) or one per file."""
+    """A test file's kind and its units: the examples the evaluation scores when the file is one of its data sets
+    (read by the task's reader), else one unit per JSON Lines record (its `text_field`, or all its strings) or one
+    per file."""
     path = Path(path)
-    name = path.name.lower()
-    text = _read_text(path)
-    if is_jsonl(path):
-        kind = "lambada" if name.startswith("lambada") else "jsonl"
-        units = []
-        for i, record in enumerate(_jsonl(path, text)):
-            if isinstance(record, dict) and isinstance(record.get(text_field), str):
-                body = record[text_field]
-            elif isinstance(record, dict) and {"context", "continuation"} <= record.keys():
-                body = f"{record['context']} {record['continuation']}"  # OpenAI's LAMBADA: passage + last word
-            else:
-                body = " ".join(_strings(record))
-            units.append(Unit(f"{'passage' if kind == 'lambada' else 'record'} {i + 1}", body))
-        return kind, units
-    if name.startswith("wiki.") or "wikitext" in name:
-        # an article starts at a level-1 heading " = Title = " (level 2 is " = = Section = = ")
-        units, title, lines = [], "(before the first title)", []
-        all_lines = text.splitlines()
-        for i, line in enumerate(all_lines):
-            # a title stands between blank lines; " = 1 henry = " inside an article's formula does not
-            blank_around = (i == 0 or not all_lines[i - 1].strip()) and (
-                i + 1 == len(all_lines) or not all_lines[i + 1].strip()
-            )
-            if blank_around and _WIKI_TITLE.match(line):
-                if any(s.strip() for s in lines):
-                    units.append(Unit(title, "\n".join(lines)))
-                title, lines = line.strip(" ="), []
-            lines.append(line)
-        if any(s.strip() for s in lines):
-            units.append(Unit(title, "\n".join(lines)))
-        return "wikitext", units
-    if name.startswith("ptb.") or name.startswith("news.en.heldout") or "1b_benchmark" in name:
-        kind = "ptb" if name.startswith("ptb.") else "1bw"
-        return kind, [Unit(f"sentence {i + 1}", s) for i, s in enumerate(text.splitlines()) if s.strip()]
-    if name.startswith("cbtest"):
-        units = []
-        for i, block in enumerate(b for b in re.split(r"\n\s*\n", text) if b.strip()):
-            lines = []
-            for line in block.splitlines():
-                number, _, rest = line.partition(" ")
-                query, _, answer = rest.partition("\t")
-                # line 21 is "query\tanswer\t\tcandidates": the passage as the model reads it, answer filled in
-                lines.append(query.replace("XXXXX", answer.split("\t")[0]) if answer else query)
-            units.append(Unit(f"question {i + 1}", "\n".join(lines)))
-        return "cbt", units
-    if name.endswith(".sgm") or name.endswith(".sgm.gz"):
-        segs = re.findall(r"<seg[^>]*>(.*?)</seg>", text, flags=re.S)
-        return "wmt", [Unit(f"segment {i + 1}", s) for i, s in enumerate(segs)]
-    if name.startswith("coqa") and name.endswith(".json"):
-        try:
-            data = json.loads(text)["data"]
-        except (ValueError, KeyError, TypeError):
-            raise GPT2Error(f"{path}: not a CoQA file (no 'data' list)") from None
-        return "coqa", [Unit(str(d.get("id", i + 1)), " ".join(_strings(d))) for i, d in enumerate(data)]
-    if name.startswith("hellaswag") and ".txt" in name:
-        lines = text.splitlines()
-        # llama.cpp's format: context, label, then the 4 endings, 6 lines a task
-        return "hellaswag", [
-            Unit(f"task {i // 6 + 1}", "\n".join([lines[i], *lines[i + 2 : i + 6]])) for i in range(0, len(lines), 6)
-        ]
+    name, jsonl = path.name.lower(), is_jsonl(path)
+    for kind, jsonl_set, matches, units in _TEST_SETS:
+        if jsonl_set == jsonl and matches(name):
+            return kind, units(path)
+    if jsonl:
+        return "jsonl", _records(path, text_field)
+    text = read_text(path)
     return "text", [Unit(path.name, text)] if text.strip() else []
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.errors import GPT2Error
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, report
 
 # the paper's four sizes (Table 2): layers, width
 PAPER_SHAPES = {"117M": (12, 768), "345M": (24, 1024), "762M": (36, 1280), "1542M": (48, 1600)}
@@ -267,10 +266,9 @@ def _check_same_run(run: Path, tcfg: Any) -> None:
         )
 
 
-def train_size(cfg: ScaleConfig, size: Size, progress: bool = True, log: Any = None) -> dict[str, Any]:
+def train_size(cfg: ScaleConfig, size: Size, progress: bool = True) -> dict[str, Any]:
     """Train one size (resuming its run folder if it holds a checkpoint), evaluate it, and write result.json;
-    a result.json for the same settings is read back instead. `log` (default stderr) gets a line per stage."""
-    log = log or sys.stderr
+    a result.json for the same settings is read back instead. Reports a line per stage."""
     from gpt2.checkpoint import checkpoint_dirs
 
     run = Path(cfg.out) / size.name
@@ -283,7 +281,7 @@ def train_size(cfg: ScaleConfig, size: Size, progress: bool = True, log: Any = N
         except ValueError:
             old = {}
         if old.get("settings") == settings and sorted(old.get("tasks_run", [])) == evaluated:
-            print(f"{size.name}: already trained and evaluated ({result_path}); not retrained", file=log, flush=True)
+            report(f"{size.name}: already trained and evaluated ({result_path}); not retrained")
             return old
     tcfg = _train_config(cfg, size)
     done_steps = 0
@@ -294,8 +292,8 @@ def train_size(cfg: ScaleConfig, size: Size, progress: bool = True, log: Any = N
     if done_steps < cfg.steps:
         from gpt2.train import train
 
-        print(f"{size.name}: training to {cfg.steps} steps ({cfg.tokens:,} tokens)"
-              + (f", resuming from step {done_steps}" if done_steps else ""), file=log, flush=True)  # fmt: skip
+        resuming = f", resuming from step {done_steps}" if done_steps else ""
+        report(f"{size.name}: training to {cfg.steps} steps ({cfg.tokens:,} tokens){resuming}")
         train(tcfg, resume=done_steps > 0, progress=progress)
     seconds = time.perf_counter() - start
     val_loss, step = _last_val(run)
@@ -329,7 +327,7 @@ def train_size(cfg: ScaleConfig, size: Size, progress: bool = True, log: Any = N
         with torch.no_grad():
             r = evaluate(
                 model, tokenizer, cfg.tasks, data_dir=cfg.data_dir, offline=cfg.offline, limit=cfg.limit,
-                model_name=size.name, log=log, skip_missing=True, seed=cfg.seed,
+                model_name=size.name, skip_missing=True, seed=cfg.seed,
             )  # fmt: skip
         result["tasks"] = r["tasks"]
         result["skipped"] = r["skipped"]
@@ -337,7 +335,7 @@ def train_size(cfg: ScaleConfig, size: Size, progress: bool = True, log: Any = N
     return result
 
 
-def run_family(cfg: ScaleConfig, progress: bool = True, log: Any = None) -> dict[str, Any]:
+def run_family(cfg: ScaleConfig, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate every size, fit the power law, and write scaling.json, scaling.md and the plots."""
     if cfg.tokens < 1:
         raise GPT2Error(f"--tokens must be >= 1, got {cfg.tokens}")
@@ -346,7 +344,7 @@ def run_family(cfg: ScaleConfig, progress: bool = True, log: Any = None) -> dict
     from gpt2.data import load_manifest
 
     load_manifest(cfg.data)  # a clear error before any training if the data folder is not prepared
-    results = [train_size(cfg, size, progress, log) for size in cfg.sizes]
+    results = [train_size(cfg, size, progress) for size in cfg.sizes]
     law = fit_power_law([r["non_embedding_params"] for r in results], [r["val_loss"] for r in results],
                         constant=cfg.fit_constant) if len(results) >= 2 else None  # fmt: skip
     out = Path(cfg.out)

@@ -74,7 +74,7 @@ def run(argv: list[str]) -> None:
 
 
 def build(a: argparse.Namespace) -> None:
-    from gpt2.analysis.overlap import build_filter
+    from gpt2.analysis.bloom import build_filter
 
     r = build_filter(
         a.corpus,
@@ -105,7 +105,8 @@ def build(a: argparse.Namespace) -> None:
 
 
 def test(a: argparse.Namespace) -> None:
-    from gpt2.analysis.overlap import exact_ngrams, load_filter, measure_overlap, plot_cdf
+    from gpt2.analysis.bloom import load_filter
+    from gpt2.analysis.overlap import exact_ngrams, measure_overlap, plot_cdf
     from gpt2.errors import GPT2Error
     from gpt2.io import atomic_write
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataDir, MissingData
 from gpt2.evaluate.tasks import TASKS, Context
+from gpt2.io import report as tell  # not `report`: the name of this package's report module
 
 if TYPE_CHECKING:
     from gpt2.model import GPT
@@ -53,14 +54,13 @@ def evaluate(
     samples_path: str | Path | None = None,
     model_name: str | None = None,
     progress: bool = False,
-    log: TextIO | None = None,
     skip_missing: bool = False,
 ) -> dict[str, Any]:
     """Run tasks on one model; returns {"model", "tasks": {task: {metric: value, "n": examples}}, "protocol",
     "skipped": {task: reason}}.
 
-    data_dir: a folder laid out as ../shared/data (default: the download cache). log: a text stream that gets one
-    line per finished task (metrics, time, examples/s) or skipped one. skip_missing: a task whose data is missing
+    data_dir: a folder laid out as ../shared/data (default: the download cache). Each finished task (metrics, time,
+    examples/s) or skipped one is reported in a line (gpt2.io.report). skip_missing: a task whose data is missing
     (and cannot be downloaded) is skipped, its one-line reason (which says how to get the data) kept in "skipped",
     rather than ending the run; a GPT2Error still ends it if no task ran. samples: writingprompts also writes this
     many stories from test prompts (top-k 40) into its protocol, and as Markdown to samples_path when given.
@@ -125,8 +125,7 @@ def evaluate(
             if not skip_missing:
                 raise
             results["skipped"][name] = str(e)
-            if log is not None:
-                print(f"{name}: skipped: {e}", file=log, flush=True)
+            tell(f"{name}: skipped: {e}")
             continue
         seconds = time.perf_counter() - start
         results["tasks"][name] = {**r.metrics, "n": r.n}
@@ -135,9 +134,8 @@ def evaluate(
             "seconds": round(seconds, 3),
             "examples_per_s": round(r.n / seconds, 3) if seconds > 0 else None,
         }
-        if log is not None:
-            shown = ", ".join(f"{m} {v:.4g}" for m, v in r.metrics.items())
-            print(f"{name}: {shown} (n={r.n}, {seconds:.1f} s, {r.n / seconds:.2f} examples/s)", file=log, flush=True)
+        shown = ", ".join(f"{m} {v:.4g}" for m, v in r.metrics.items())
+        tell(f"{name}: {shown} (n={r.n}, {seconds:.1f} s, {r.n / seconds:.2f} examples/s)")
     if not results["tasks"]:
         skipped = results["skipped"]
         if len(skipped) == 1:

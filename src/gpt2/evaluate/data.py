@@ -6,6 +6,9 @@ then, unless offline, a download of the official file (or of the official archiv
 member is extracted, or the files of one archive folder joined one per line: RACE's per-article JSON files),
 checked by sha256 before anything is kept. A file found nowhere (and not downloadable) is a
 MissingData error, so that `evaluate(..., skip_missing=True)` can skip its task and run the others.
+
+The tasks' readers, which gpt2.analysis.overlap also splits test sets with, read files through read_text, lines
+and read_jsonl here, so that every data set is decoded, decompressed and cut into lines one way.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ from typing import Any, TypeVar
 
 from gpt2.errors import GPT2Error
 from gpt2.hub import cache_dir, download, sha256_file
-from gpt2.io import atomic_open
+from gpt2.io import atomic_open, is_jsonl, open_binary
 
 T = TypeVar("T")
 
@@ -170,17 +175,44 @@ def join_members(archive: Path, folder: str, dest: Path) -> None:
                 out.write(data + b"\n")
 
 
-def read_jsonl(path: Path, parse: Callable[[dict], T], expected: str, limit: int | None = None) -> list[T]:
+_LINES = re.compile(r"[^\n]*\n|[^\n]+\Z")
+
+
+def lines(text: str) -> list[str]:
+    """text's lines, each with its "\\n" (the last may lack one). Only "\\n" ends a line: the data sets' own
+    counts split there, not at the other characters str.splitlines() also breaks at."""
+    return _LINES.findall(text)
+
+
+def read_text(path: Path) -> str:
+    """A data file's text: decompressed by its suffix (.gz, .bz2, .xz, .zst), line ends made "\\n" as Python's
+    text mode makes them, and invalid UTF-8 replaced with U+FFFD and warned about."""
+    try:
+        with open_binary(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise GPT2Error(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not is_jsonl(path) and (nul := raw.find(b"\0")) >= 0:
+        raise GPT2Error(f"{path}: looks like a binary file (a NUL byte at offset {nul}); pass UTF-8 text files")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        bad = sum(1 for c in raw.decode("utf-8", "surrogateescape") if "\udc80" <= c <= "\udcff")
+        warnings.warn(f"invalid UTF-8 in {bad:,} bytes of {path} was replaced with U+FFFD", stacklevel=3)
+        text = raw.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_jsonl(path: Path, parse: Callable[[Any], T], expected: str, limit: int | None = None) -> list[T]:
     """parse() of each non-blank line of a JSON Lines file; a bad record names its line and what was expected."""
     out: list[T] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if limit is not None and len(out) == limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                out.append(parse(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                raise GPT2Error(f"{path}:{n}: expected {expected}") from None
+    for n, line in enumerate(lines(read_text(path)), start=1):
+        if limit is not None and len(out) == limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            out.append(parse(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            raise GPT2Error(f"{path}:{n}: expected {expected}") from None
     return out

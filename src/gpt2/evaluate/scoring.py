@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from gpt2.errors import GPT2Error
+from gpt2.io import progress_bar
 from gpt2.model import GPT
 
 _PROJECT_ROWS = 2048  # positions per vocabulary projection: bounds the float32 logits to ~400 MB
@@ -118,7 +118,7 @@ class Scorer:
                     tallies[i].truncated = True
                 work.append(_Window(i, seq[start : q - 1], p - 1 - start, seq[p:q], opens, closes))
         order = sorted(range(len(work)), key=lambda w: -len(work[w].ids))
-        with tqdm(total=len(work), desc=desc, disable=not self.progress, unit="window", leave=False) as bar:
+        with progress_bar(total=len(work), desc=desc, enabled=self.progress, unit="window", leave=False) as bar:
             for batch in self._batches(order, lambda w: len(work[w].ids)):
                 ws = [work[w] for w in batch]
                 x = torch.zeros(len(ws), len(ws[0].ids), dtype=torch.long)
@@ -156,7 +156,7 @@ class Scorer:
             prefix, conts, _ = prepared[g]
             return len(conts) * (len(prefix) + max(len(c) for c in conts))
 
-        with tqdm(total=len(groups), desc=desc, disable=not self.progress, unit="ex", leave=False) as bar:
+        with progress_bar(total=len(groups), desc=desc, enabled=self.progress, unit="ex", leave=False) as bar:
             for batch in self._batches(order, cost, rows=lambda g: len(prepared[g][1])):
                 for g, scores in zip(batch, self._score_group_batch([prepared[g] for g in batch]), strict=True):
                     results[g] = scores

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataDir
+from gpt2.io import progress_bar
 
 if TYPE_CHECKING:
     from gpt2.evaluate.scoring import Scorer
@@ -106,15 +107,13 @@ def generate_all(
 ) -> list[str]:
     """One completion per prompt (gpt2.generate.complete), batch_size prompts of similar length at a time (sorted, so
     little left padding); batch b samples with seed + b."""
-    from tqdm import tqdm
-
     from gpt2.generate import SamplingOptions, collect, complete
 
     lengths = [len(ctx.encode(p)) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     out = [""] * len(prompts)
     batches = [order[i : i + ctx.batch_size] for i in range(0, len(order), ctx.batch_size)]
-    for b, batch in enumerate(tqdm(batches, desc=desc, disable=not ctx.progress, unit="batch", leave=False)):
+    for b, batch in enumerate(progress_bar(batches, desc=desc, enabled=ctx.progress, unit="batch", leave=False)):
         options = SamplingOptions(temperature, top_k, seed=ctx.seed + b)
         pieces = complete(ctx.model, ctx.tokenizer, [prompts[i] for i in batch], max_new_tokens, options, stop=stop)
         texts = collect(pieces, len(batch))

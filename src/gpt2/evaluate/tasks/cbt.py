@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate import detokenize
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, lines, read_text
 from gpt2.evaluate.tasks.base import Context, Result, Task, percent
 
 CBT_ARCHIVE = "http://www.thespermwhale.com/jaseweston/babi/CBTest.tgz"
@@ -40,25 +40,24 @@ def read_cbt(path: Path) -> list[CBTExample]:
     """The official format: lines "1 sentence" .. "20 sentence", then "21 query\\tanswer\\t\\tc1|c2|...|c10",
     then a blank line."""
     examples, sentences = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            number, _, rest = line.rstrip("\n").partition(" ")
-            if number == "21":
-                fields = rest.split("\t")
-                if len(fields) < 3 or BLANK not in fields[0]:
-                    raise GPT2Error(f"{path}:{n}: expected '21 query with {BLANK}<TAB>answer<TAB><TAB>candidates'")
-                candidates = [c for c in fields[-1].strip().split("|") if c]
-                answer = fields[1].strip()
-                if answer not in candidates:
-                    raise GPT2Error(f"{path}:{n}: the answer {answer!r} is not among the candidates")
-                examples.append(CBTExample(sentences, fields[0].strip(), answer, candidates))
-                sentences = []
-            elif number.isdigit():
-                sentences.append(rest.strip())
-            else:
-                raise GPT2Error(f"{path}:{n}: expected a numbered line, got {line[:40]!r}")
+    for n, line in enumerate(lines(read_text(path)), start=1):
+        if not line.strip():
+            continue
+        number, _, rest = line.rstrip("\n").partition(" ")
+        if number == "21":
+            fields = rest.split("\t")
+            if len(fields) < 3 or BLANK not in fields[0]:
+                raise GPT2Error(f"{path}:{n}: expected '21 query with {BLANK}<TAB>answer<TAB><TAB>candidates'")
+            candidates = [c for c in fields[-1].strip().split("|") if c]
+            answer = fields[1].strip()
+            if answer not in candidates:
+                raise GPT2Error(f"{path}:{n}: the answer {answer!r} is not among the candidates")
+            examples.append(CBTExample(sentences, fields[0].strip(), answer, candidates))
+            sentences = []
+        elif number.isdigit():
+            sentences.append(rest.strip())
+        else:
+            raise GPT2Error(f"{path}:{n}: expected a numbered line, got {line[:40]!r}")
     return examples
 
 

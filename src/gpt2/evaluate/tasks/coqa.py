@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, read_text
 from gpt2.evaluate.metrics import coqa_scores
 from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, percent, sample_shots
 
@@ -43,11 +43,12 @@ class Story:
     text: str
     questions: list[str]
     answers: list[list[str]]  # per turn: the gold answer, then the additional human answers
+    id: str = ""
 
 
 def read_coqa(path: Path) -> list[Story]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+        data = json.loads(read_text(path))["data"]
         stories = []
         for d in data:
             questions = [q["input_text"] for q in d["questions"]]
@@ -57,7 +58,7 @@ def read_coqa(path: Path) -> list[Story]:
                     turn.append(a["input_text"])
             if len(questions) != len(answers):
                 raise ValueError
-            stories.append(Story(d["story"], questions, answers))
+            stories.append(Story(d["story"], questions, answers, str(d.get("id", ""))))
     except (ValueError, KeyError, TypeError):
         raise GPT2Error(f"{path}: expected CoQA JSON ({{'data': [{{'story', 'questions', 'answers'}}]}})") from None
     return stories
@@ -65,6 +66,11 @@ def read_coqa(path: Path) -> list[Story]:
 
 def conversation(story: Story, turns: int) -> str:
     return "".join(f"Q: {q}\nA: {a[0]}\n" for q, a in zip(story.questions[:turns], story.answers[:turns], strict=True))
+
+
+def transcript(story: Story) -> str:
+    """The story and its whole conversation with the gold answers, as a few-shot example shows them."""
+    return f"{story.text}\n\n{conversation(story, len(story.questions))}"
 
 
 class CoQA(Task):
@@ -82,10 +88,7 @@ class CoQA(Task):
         for s_i, story in enumerate(stories):
             if ctx.limit is not None and len(prompts) >= ctx.limit:
                 break
-            shots = "".join(
-                f"{s.text}\n\n{conversation(s, len(s.questions))}\n"
-                for s in sample_shots(pool, k, ctx.seed, f"coqa{s_i}")
-            )
+            shots = "".join(f"{transcript(s)}\n" for s in sample_shots(pool, k, ctx.seed, f"coqa{s_i}"))
             for turn in range(len(story.questions)):
                 if ctx.limit is not None and len(prompts) == ctx.limit:
                     break

@@ -15,12 +15,11 @@ Few-shot (GPT-3's): K training examples with their right ending, blank-line sepa
 
 from __future__ import annotations
 
-import bz2
 import re
 from pathlib import Path
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile, read_jsonl
+from gpt2.evaluate.data import DataFile, lines, read_jsonl, read_text
 from gpt2.evaluate.tasks.base import Context, Result, Task, percent, sample_shots
 
 _BASE = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/"
@@ -62,16 +61,14 @@ def read_official(path: Path) -> list[Example]:
 
 
 def read_llama_cpp(path: Path) -> list[Example]:
-    opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    if len(lines) % 6:
-        raise GPT2Error(f"{path}: {len(lines)} lines is not a multiple of 6 (context, label, 4 endings per task)")
+    rows = [row.rstrip("\n") for row in lines(read_text(path))]
+    if len(rows) % 6:
+        raise GPT2Error(f"{path}: {len(rows)} lines is not a multiple of 6 (context, label, 4 endings per task)")
     examples = []
-    for i in range(0, len(lines), 6):
-        if not lines[i + 1].strip().isdigit() or not 0 <= int(lines[i + 1]) <= 3:
-            raise GPT2Error(f"{path}:{i + 2}: expected the label 0-3, got {lines[i + 1][:20]!r}")
-        examples.append((lines[i], lines[i + 2 : i + 6], int(lines[i + 1])))
+    for i in range(0, len(rows), 6):
+        if not rows[i + 1].strip().isdigit() or not 0 <= int(rows[i + 1]) <= 3:
+            raise GPT2Error(f"{path}:{i + 2}: expected the label 0-3, got {rows[i + 1][:20]!r}")
+        examples.append((rows[i], rows[i + 2 : i + 6], int(rows[i + 1])))
     return examples
 
 

@@ -52,7 +52,13 @@ STOP_WORDS = frozenset(_NLTK_ENGLISH.split())
 
 
 def read_lambada(path: Path) -> list[str]:
-    return read_jsonl(path, lambda d: d["text"], "a JSON object with a 'text' field")
+    """The passages of OpenAI's lambada_test.jsonl ({"text"}), or of the {"context", "continuation"} copies of it
+    (lm-evaluation-harness's lambada_openai), whose passage is the context, a space, and the last word."""
+    return read_jsonl(
+        path,
+        lambda d: d["text"] if "text" in d else f"{d['context']} {d['continuation']}",
+        "a JSON object with a 'text' field (or 'context' and 'continuation')",
+    )
 
 
 def split_last_word(text: str) -> tuple[str, str]:

@@ -3,9 +3,9 @@
 Protocol, shared by all six:
 * Each document is de-tokenized (see detokenize.py), encoded, and scored from its start: <|endoftext|> is its
   context, so every one of its tokens is predicted, its line ends included. Documents: WikiText, one per article
-  (from a ` = Title = ` line to the next; the lines before the first title go with the first article, so the
-  articles together are the whole file); PTB, the whole file as one stream; 1BW, one per sentence (a line of the
-  file, scored with its line end); enwik8 and text8, the test split (below) as one stream.
+  (from a ` = Title = ` line between blank lines to the next; the lines before the first title go with the first
+  article, so the articles together are the whole file); PTB, the whole file as one stream; 1BW, one per sentence
+  (a line of the file, scored with its line end); enwik8 and text8, the test split (below) as one stream.
 * Windows and stride. The paper gives GPT-2's context, 1024 tokens (section 2.3), and no stride. A document longer
   than the context is scored in windows, `stride` new tokens per window, each reading the context's worth of
   tokens before them (--stride); never truncated. Default: disjoint windows (stride = the context). Overlap only
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpt2.evaluate import detokenize
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, lines, read_text
 from gpt2.evaluate.metrics import bits_per_unit, perplexity
 from gpt2.evaluate.tasks.base import Context, Result, Task, take
 
@@ -100,15 +100,8 @@ STRIDE_BASIS = (
     "by an author about raw WikiText, not from the paper"
 )
 WORDS_RULE = "whitespace-separated words of the original file + one end-of-line token per line (blank lines too)"
-_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
-_LINES = re.compile(r"[^\n]*\n|[^\n]+\Z")
+_WIKI_TITLE = re.compile(r"^ = ([^=].*) = $")
 _NOT_UTF8 = re.compile("[\udc80-\udcff]+")  # what errors="surrogateescape" turns each undecodable byte into
-
-
-def lines(text: str) -> list[str]:
-    """text's lines, each with its "\\n" (the last may lack one). Only "\\n" ends a line: the data sets' own
-    counts split there, not at the other characters str.splitlines() also breaks at."""
-    return _LINES.findall(text)
 
 
 def original_tokens(text: str) -> tuple[int, int]:
@@ -120,16 +113,25 @@ def original_tokens(text: str) -> tuple[int, int]:
 def wikitext_articles(text: str) -> list[str]:
     """The articles of a WikiText file, each from its ` = Title = ` line to the next one; lines before the first
     title (the files open with a blank line) belong to the first article, so that the articles joined are the
-    file."""
+    file. A title stands between blank lines; a formula's line inside an article, such as
+    ` = 1 henry and capacitance C = `, has a title's shape but not the blank lines."""
     rows = lines(text)
-    starts = [i for i, row in enumerate(rows) if _WIKI_TITLE.match(row.rstrip("\n"))]
+    blank = [not row.strip() for row in rows] + [True]  # the blank past the end is also blank[-1], before the start
+    starts = [i for i, row in enumerate(rows) if blank[i - 1] and blank[i + 1] and _WIKI_TITLE.match(row.rstrip("\n"))]
     bounds = [0, *starts[1:], len(rows)]
     articles = ("".join(rows[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
     return [a for a in articles if a.strip()]
 
 
-def read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+def wikitext_title(article: str) -> str:
+    """An article's title, the text of its ` = Title = ` line; empty when the article does not open with one."""
+    first = next((row for row in lines(article) if row.strip()), "")
+    return m.group(1) if (m := _WIKI_TITLE.match(first.rstrip("\n"))) else ""
+
+
+def read_sentences(path: Path) -> list[str]:
+    """The sentences of a file with one per line (PTB, 1BW): its non-blank lines, each with its line end."""
+    return [s.rstrip("\n") + "\n" for s in lines(read_text(path)) if s.strip()]
 
 
 def tail_split(data: bytes, unit: str) -> bytes | str:
@@ -171,7 +173,7 @@ def _ptb(path: Path, limit: int | None) -> list[str]:
 
 def _sentences(path: Path, limit: int | None) -> list[str]:
     # each with its line end: the newline stands for the benchmark's end-of-sentence token, predicted and counted
-    return take([s.rstrip("\n") + "\n" for s in lines(read_text(path)) if s.strip()], limit)
+    return take(read_sentences(path), limit)
 
 
 CORPORA = {

@@ -42,6 +42,7 @@ from typing import Any
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import read_jsonl as read_records
 from gpt2.evaluate.tasks.base import Context, Result, Task, percent, sample_shots
 
 RACE_URL = "http://www.cs.cmu.edu/~glai1/data/race/RACE.tar.gz"
@@ -105,8 +106,7 @@ def _parse(text: str, where: str) -> Article:
 
 
 def read_jsonl(path: Path) -> list[Article]:
-    with open(path, encoding="utf-8") as f:
-        return [_parse(line, f"{path}:{n}") for n, line in enumerate(f, start=1) if line.strip()]
+    return read_records(path, parse_article, _EXPECTED)
 
 
 def read_folder(folder: Path) -> list[Article]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.errors import GPT2Error
-from gpt2.evaluate.data import DataFile, MissingData
+from gpt2.evaluate.data import DataFile, MissingData, lines, read_text
 from gpt2.evaluate.metrics import corpus_bleu_signed
 from gpt2.evaluate.tasks.base import Context, Result, Task, clip, generate_all, sample_shots, sentences, take
 
@@ -79,11 +79,7 @@ _SEG = re.compile(r"<seg[^>]*>(.*)</seg>")
 
 def read_sgm(path: Path) -> list[str]:
     """The segments of a WMT .sgm file, whitespace normalised as sacrebleu does."""
-    segs = [
-        " ".join(m.group(1).split())
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if (m := _SEG.search(line))
-    ]
+    segs = [" ".join(m.group(1).split()) for line in lines(read_text(path)) if (m := _SEG.search(line))]
     if not segs:
         raise GPT2Error(f"{path}: no <seg> elements; expected a WMT .sgm file")
     return segs

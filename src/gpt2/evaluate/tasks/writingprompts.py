@@ -40,10 +40,10 @@ from typing import Any
 
 from gpt2.errors import GPT2Error
 from gpt2.evaluate import detokenize
-from gpt2.evaluate.data import DataFile
+from gpt2.evaluate.data import DataFile, lines
 from gpt2.evaluate.metrics import perplexity
 from gpt2.evaluate.tasks.base import Context, Result, Task, generate_all
-from gpt2.evaluate.tasks.perplexity import encode_bytes, lines
+from gpt2.evaluate.tasks.perplexity import encode_bytes
 from gpt2.io import atomic_write
 
 WP_URL = "https://dl.fbaipublicfiles.com/fairseq/data/writingPrompts.tar.gz"
