@@ -3,7 +3,7 @@ transformers' GPT-2), interleaved so that a busy machine slows every contender a
 
 One iteration is a whole optimizer step (forward, backward, gradient clipping, AdamW). Ours is what `gpt2 train`
 runs: the fused output layer + loss, the padded vocabulary, gpt2.kernels' C++ ops (GELU, attention, the row-split
-matmul where it applies), gpt2.train.clip_grad_norm, torch's fused AdamW; the others clip with torch's
+matmul where it applies), gpt2.perf.clip_grad_norm, torch's fused AdamW; the others clip with torch's
 clip_grad_norm_, as their training scripts do. nanoGPT is imported from a checkout when NANOGPT_DIR is set (its
 model.py and its configure_optimizers, as its train.py uses them; it is not vendored here, and the bench runs
 without it); its vocabulary is its own 50,304. Each contender lives in a process of its own, as each is run by its
@@ -42,7 +42,8 @@ import gpt2.kernels
 import gpt2.model
 from gpt2 import GPT, GPTConfig
 from gpt2.devices import bf16_supported, keep_freed_memory
-from gpt2.train import TrainConfig, clip_grad_norm, flops_per_token, make_optimizer, matmul_peak
+from gpt2.perf import clip_grad_norm, flops_per_token, matmul_peak
+from gpt2.train import TrainConfig, make_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> loss; the bench does the rest

@@ -19,7 +19,16 @@ FLOORS = [
     {"gpt2.checkpoint", "gpt2.tokenizer"},
     {"gpt2.model", "gpt2.quantize", "gpt2.bpe_train", "gpt2.data"},
     {"gpt2.generate"},
-    {"gpt2.train_config", "gpt2.train", "gpt2.plot", "gpt2.evaluate", "gpt2.analysis", "gpt2.serve", "gpt2.webtext"},
+    {
+        "gpt2.train_config",
+        "gpt2.train",
+        "gpt2.perf",
+        "gpt2.plot",
+        "gpt2.evaluate",
+        "gpt2.analysis",
+        "gpt2.serve",
+        "gpt2.webtext",
+    },
     {"gpt2.commands", "gpt2.cli", "gpt2.__main__", "gpt2"},
 ]
 # The one arrow upward: GPT.generate, a convenience over gpt2.generate, which imports gpt2.model for type hints

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from gpt2 import GPT
 from gpt2.data import PrepareConfig, prepare
 from gpt2.errors import GPT2Error
+from gpt2.perf import clip_grad_norm
 from gpt2.tokenizer import Tokenizer
-from gpt2.train import TrainConfig, build_model, clip_grad_norm, lr_at, train
+from gpt2.train import TrainConfig, build_model, lr_at, train
 from gpt2.train_config import load_config
 
 SMALL = dict(
@@ -132,7 +133,7 @@ def test_training_learns_logs_and_saves_interchangeable_model(data_dir: Path, tm
     cfg = TrainConfig(data=str(data_dir), out=str(out), max_steps=40, eval_interval=20, log_interval=5, **SMALL)
     cfg.sample_tokens = 8
     last = train(cfg, progress=False)
-    assert capsys.readouterr().out.count("sample: ") == 2  # each evaluation prints its sample
+    assert capsys.readouterr().err.count("sample: ") == 2  # each evaluation reports its sample
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
     for r in rows:
@@ -210,7 +211,7 @@ def test_resume_after_a_torn_metrics_line_with_any_prompt_and_says_where(
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"step": 5, "loss": 3.1')  # a kill in the middle of a line
     capsys.readouterr()
-    main(["train", "--resume", str(out), "--max-steps", "6", "--quiet"])
+    main(["train", "--resume", str(out), "--max-steps", "6"])  # --quiet would leave the line out
     assert "resuming " + str(out) + " from step 4 of 6" in capsys.readouterr().err
     assert [r["step"] for r in metrics(out)] == [1, 2, 4, 6]
     with pytest.raises(SystemExit) as e:
@@ -267,11 +268,11 @@ def test_mfu_never_passes_the_peak_timed_at_a_busier_moment(
         train(TrainConfig(data=str(data_dir), out=str(out), max_steps=4, log_interval=2, **SMALL), progress=False)
         mfus = [r["mfu"] for r in metrics(out)]
         assert all(m is not None and 0 < m <= 1 for m in mfus) if later_peak is None else set(mfus) == {None}
-        assert expected in capsys.readouterr().out
+        assert expected in capsys.readouterr().err
 
 
 def test_matmul_peak_is_timed_once_and_a_retiming_keeps_the_faster(monkeypatch) -> None:
-    import gpt2.train as train_module
+    import gpt2.perf as train_module
 
     monkeypatch.setattr(train_module, "_PEAKS", {})
     cpu = torch.device("cpu")
@@ -358,7 +359,7 @@ def test_compile_auto_skips_short_cpu_runs_and_falls_back_with_one_warning(
 ) -> None:
     import warnings
 
-    import gpt2.train
+    import gpt2.perf
 
     calls = []
 
@@ -375,7 +376,7 @@ def test_compile_auto_skips_short_cpu_runs_and_falls_back_with_one_warning(
     train(TrainConfig(**options, out=str(tmp_path / "eager"), compile="false"), progress=False)
     train(TrainConfig(**options, out=str(tmp_path / "short"), compile="auto"), progress=False)
     assert calls == []  # a run of a few seconds is not worth a compile: auto did not try
-    monkeypatch.setattr(gpt2.train, "COMPILE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(gpt2.perf, "COMPILE_MIN_SECONDS", 0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(TrainConfig(**options, out=str(tmp_path / "failed"), compile="auto"), progress=False)

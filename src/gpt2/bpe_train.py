@@ -21,7 +21,6 @@ left token's bytes sort first wins, then the one whose right token's bytes sort 
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import multiprocessing
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 import regex
 
 from gpt2.errors import GPT2Error
-from gpt2.io import DocumentReader, input_files
+from gpt2.io import DocumentReader, input_files, progress_bar
 from gpt2.tokenizer import EOT, GPT2_PATTERN, Tokenizer, clean_text, gc_paused
 
 CHUNK_CHARS = 1 << 20  # characters per counting task: large enough that pickling costs little
@@ -88,24 +87,6 @@ class Corpus:
 
 
 # ------------------------------------------------------------------------------------------------ word counting
-class _NoBar(contextlib.AbstractContextManager):
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _bar(progress: bool, **kwargs: object) -> contextlib.AbstractContextManager:
-    """A tqdm progress bar, or, without `progress`, a stand-in: importing tqdm takes about a tenth of a second,
-    a twentieth of training on 2 MB."""
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(**kwargs)
-
-
 def count_words(texts: list[str]) -> dict[str, int]:
     """Pre-tokenized pieces of `texts` and their counts, each piece spelled as its UTF-8 bytes (one character
     per byte, via latin-1): the form the merge loop works on."""
@@ -151,7 +132,7 @@ def count_corpus(corpus: Corpus, workers: int, progress: bool, size: int = CHUNK
     first = next(tasks, None)
     second = next(tasks, None) if first is not None else None
     if second is None or workers <= 1:
-        with _bar(progress, desc="counting words", unit="char", unit_scale=True) as bar:
+        with progress_bar(enabled=progress, desc="counting words", unit="char", unit_scale=True) as bar:
             for task in [t for t in (first, second) if t is not None]:
                 add(count_words(task), sum(map(len, task)))
             for task in tasks:
@@ -160,7 +141,7 @@ def count_corpus(corpus: Corpus, workers: int, progress: bool, size: int = CHUNK
     # The pool is made before the progress bar starts its monitor thread: fork with live threads is unsafe.
     with (
         _pool_context().Pool(workers) as pool,
-        _bar(progress, desc="counting words", unit="char", unit_scale=True) as bar,
+        progress_bar(enabled=progress, desc="counting words", unit="char", unit_scale=True) as bar,
     ):
         pending: deque = deque()
         # At most 2 tasks per worker in flight, so reading never runs ahead of counting by more than that.
@@ -248,7 +229,7 @@ def learn_merges(word_counts: dict[str, int], n_merges: int, progress: bool = Fa
     heapq.heapify(heap)
     heappop, heappush = heapq.heappop, heapq.heappush
     merges: list[tuple[bytes, bytes]] = []
-    with _bar(progress, total=n_merges, desc="merging", unit="merge") as bar:
+    with progress_bar(enabled=progress, total=n_merges, desc="merging", unit="merge") as bar:
         while len(merges) < n_merges and heap:
             neg, left, right, pair = heappop(heap)
             n = pair_counts.get(pair, 0)

@@ -75,7 +75,12 @@ def dispatch(argv: list[str]) -> None:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    importlib.import_module(f"gpt2.commands.{COMMANDS[name][0]}").run(rest)
+    from gpt2.io import quiet
+
+    try:  # a command with --quiet turns reporting off for its own run only
+        importlib.import_module(f"gpt2.commands.{COMMANDS[name][0]}").run(rest)
+    finally:
+        quiet(False)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 
 from gpt2.errors import GPT2Error
 from gpt2.hub import sha256_file
-from gpt2.io import DocumentReader, atomic_write, input_files
+from gpt2.io import DocumentReader, atomic_write, input_files, progress_bar
 from gpt2.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -110,8 +110,6 @@ def describe_inputs(files: list[Path], known: list[Any] | None = None) -> list[d
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
     """Tokenize cfg.inputs into shards in cfg.output; returns the manifest. Resumes an interrupted run from its
     last progress record (written at least every cfg.save_every seconds of work)."""
-    from tqdm import tqdm
-
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise GPT2Error(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     tok = Tokenizer.from_pretrained(cfg.tokenizer)
@@ -173,7 +171,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, Any]:
         saved = time.monotonic()
 
     saved = time.monotonic()
-    bar = tqdm(desc="tokenizing", unit="doc", disable=not progress, initial=skip)
+    bar = progress_bar(enabled=progress, desc="tokenizing", unit="doc", initial=skip)
     batch: list[str] = []
 
     def consume(texts: list[str]) -> None:

@@ -8,7 +8,9 @@ trainer, checkpoints and downloads can all use it without importing one another.
                                too), a truncated or corrupt file an error naming it and the offset reached;
   input_files                  the text files named by files and folders, in a stable order;
   DocumentReader               the documents of .txt and .jsonl(.gz/.zst/.bz2/.xz) files, as `gpt2 prepare` and
-                               `gpt2 tokenizer train` both read them.
+                               `gpt2 tokenizer train` both read them;
+  report, progress_bar, quiet  the one voice of the library: lines through the `gpt2` logger and progress bars
+                               on stderr, which the commands silence with --quiet.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import bz2
 import errno
 import io
 import json
+import logging
 import lzma
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 import zlib
@@ -322,3 +326,77 @@ class DocumentReader:
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+# Library modules report through `report` and `progress_bar`, never print; the commands decide what is shown (`quiet`).
+logger = logging.getLogger("gpt2")
+
+
+class _Lines(logging.Handler):
+    """Each message a line on stderr, written through tqdm once it is loaded, so that a progress bar on the terminal
+    is redrawn below the line instead of being cut by it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            if (tqdm := sys.modules.get("tqdm")) is not None:
+                tqdm.tqdm.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+if not logger.handlers:  # a Python user sees the lines too; logging.getLogger("gpt2") configures them
+    logger.addHandler(_Lines())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def report(message: str) -> None:
+    """One line for the person running the library (a step's loss, a stage finished): stderr, unless quiet."""
+    logger.info(message)
+
+
+def quiet(on: bool = True) -> None:
+    """--quiet: no report lines and no progress bars; warnings and errors still show."""
+    logger.setLevel(logging.WARNING if on else logging.INFO)
+
+
+class _NoBar:
+    """What `progress_bar` gives when nothing is shown: a tqdm bar's methods, doing nothing."""
+
+    def __init__(self, iterable: Iterable | None = None) -> None:
+        self.iterable = iterable if iterable is not None else ()
+
+    def __iter__(self) -> Iterator:
+        return iter(self.iterable)
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def set_postfix_str(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm progress bar on stderr (tqdm's keywords: total, desc, unit, ...), or a stand-in with its methods when
+    `enabled` is false or reporting is quiet; tqdm is imported only for a bar that shows (a tenth of a second)."""
+    if not enabled or not logger.isEnabledFor(logging.INFO):
+        return _NoBar(iterable)
+    from tqdm import tqdm
+
+    return tqdm(iterable, **kwargs)

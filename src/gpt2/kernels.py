@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpt2.io import report
+
 ATTENTION_HEAD_DIM = 64  # csrc/attention.cpp's (every GPT-2 size has heads of 64)
 MAX_ROWS = 8  # the float kernel's limit; more rows are a real matmul, where torch's kernels are good
 # int8 weights: up to this many rows (8 at a time) the kernel beats dequantising the weights for torch's matmul
@@ -105,11 +107,7 @@ def _build() -> Callable[..., torch.Tensor] | None:
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
             lock.unlink(missing_ok=True)
         if not (build_dir / f"{name}.so").exists():  # the first decode on this machine waits for the compiler
-            print(
-                f"gpt2: compiling the CPU kernels once for this machine (about 10 s; cached in {build_dir})",
-                file=sys.stderr,
-                flush=True,
-            )
+            report(f"gpt2: compiling the CPU kernels once for this machine (about 10 s; cached in {build_dir})")
         cpp_extension.load(
             name=name,
             sources=[str(p) for p in SOURCES],

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,8 +36,9 @@ from gpt2.checkpoint import (
 from gpt2.data import TokenLoader, load_manifest
 from gpt2.devices import keep_freed_memory, pick_device, pick_dtype
 from gpt2.errors import GPT2Error
-from gpt2.io import atomic_write, disk_full
+from gpt2.io import atomic_write, disk_full, progress_bar, report
 from gpt2.model import GPT, PRESETS, GPTConfig
+from gpt2.perf import clip_grad_norm, compile_if_faster, flops_per_token, matmul_peak
 from gpt2.tokenizer import Tokenizer
 from gpt2.train_config import TrainConfig, with_absolute_paths
 
@@ -48,47 +48,6 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the `dtype` option (None: plain float32)."""
     dtype = pick_dtype(name, device, training=True)
     return None if dtype == torch.float32 else dtype
-
-
-_PEAKS: dict[tuple[str, str], float] = {}
-
-# compile = "auto" on a CPU compiles only a run that would take at least this long uncompiled (at the speed the
-# warm-up measures): compiling a small model took 276 s on a busy 2-core CPU, which a gain of 10-45% repays only
-# over half an hour or more. `gpt2 demo` (4-18 minutes) stays eager, so its stated time holds.
-COMPILE_MIN_SECONDS = 1800.0
-COMPILE_MODES = ("auto", "true", "false")
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype | None, refresh: bool = False, seconds: float = 0.3) -> float:
-    """This machine's measured matmul FLOP/s in the training dtype: the denominator of MFU, here and in
-    benchmarks/bench_train.py. Measured, not the datasheet's peak: the best of groups of four n x n matmuls
-    (n = 2048 on a CPU, 4096 on a GPU) over `seconds`, so MFU reads "of what this device's matmul reaches",
-    which is higher than against the hardware's theoretical peak. Timed once per process; refresh=True times
-    it again and keeps the faster of the two (a first timing under load reads low)."""
-    key = (str(device), str(dtype))
-    if key not in _PEAKS or refresh:
-        n = 4096 if device.type == "cuda" else 2048
-        g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: resumed runs must replay it exactly
-        a, b = (torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g) for _ in range(2))
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        a @ b
-        sync()
-        best, groups, t_end = 0.0, 0, time.perf_counter() + seconds
-        while time.perf_counter() < t_end or groups < 2:
-            t0 = time.perf_counter()
-            for _ in range(4):
-                a @ b
-            sync()
-            best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
-            groups += 1
-        _PEAKS[key] = max(_PEAKS.get(key, 0.0), best)
-    return _PEAKS[key]
-
-
-def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights' forward and backward, 12 L d T for attention scores."""
-    c = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * seq_len
 
 
 @dataclass
@@ -136,34 +95,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type in ("cuda", "cpu")  # torch's fused AdamW: one kernel for all parameters
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
-
-
-def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ (the gradients scaled to a total norm of at most max_norm; their norm before)
-    in fewer passes over memory where every gradient is a plain float32 CPU tensor, as in one process training on
-    the CPU: the norm from BLAS's float32 dot products, and no pass at all where nothing is clipped (torch multiplies
-    by 1). Its norm and clipped gradients match torch's to float32 rounding. At 124M, the norm and the scaling took
-    37 + 25 ms with torch's and 20 + 0 (unclipped) or 25 (clipped) ms with this (2-core AMX Xeon; +3.1% a bf16 step
-    of 1 x 1024 tokens). Elsewhere (GPUs, sharded or other dtypes, a norm that overflows float32) it is torch's.
-    max_norm = inf only measures the norm (training without clipping still logs it), with no pass over the
-    gradients in any path."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    plain = all(
-        type(g) is torch.Tensor and g.device.type == "cpu" and g.dtype == torch.float32 and g.is_contiguous()
-        for g in grads
-    )
-    if grads and plain:
-        flat = [g.view(-1) for g in grads]
-        norm = torch.stack([torch.dot(f, f) for f in flat]).sum().sqrt()
-        if math.isfinite(total := norm.item()):
-            coef = max_norm / (total + 1e-6)  # torch's coefficient, clamped at 1 as there
-            if coef < 1.0:
-                for g in grads:
-                    g.mul_(coef)
-            return norm
-    if math.isinf(max_norm):  # torch's would multiply every gradient by 1
-        return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.tensor(0.0)
-    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 def build_model(cfg: TrainConfig, manifest: dict[str, Any], data_tok: Tokenizer) -> tuple[GPT, Tokenizer]:
@@ -271,52 +202,22 @@ class Trainer:
         self.tensorboard = self._tensorboard()
 
     def _compile(self) -> None:
-        """Compile the model (and the fused loss inside it) per the `compile` option. The attempt runs on a probe
-        batch before training, so that compiling's time is known, a failure falls back to eager with one warning,
-        and "auto" on a CPU keeps the compiled model only if it measured faster. The probe leaves no trace: its
-        gradients are dropped and the RNG state (dropout) is restored, so the run's numbers do not depend on it."""
+        """Compile the model (and the fused loss inside it) per the `compile` option (gpt2.perf.compile_if_faster),
+        probing on a batch before training. The probe leaves no trace: its gradients are dropped and the RNG state
+        (dropout) is restored, so the run's numbers do not depend on it."""
         cfg = self.cfg
-        if cfg.compile not in COMPILE_MODES:
-            raise GPT2Error(f"compile must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile!r}")
-        if cfg.compile == "false" or (cfg.compile == "auto" and self.device.type not in ("cuda", "cpu")):
-            return
-        measure = cfg.compile == "auto" and self.device.type == "cpu"
         g = torch.Generator().manual_seed(cfg.seed)
         x = torch.randint(0, self.raw_model.config.vocab_size, (cfg.batch_size, cfg.seq_len), generator=g)
         x = x.to(self.device)
         rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         try:
-            eager = 0.0
-            if measure:
-                eager = self._probe(self.model, x, reps=3)[1]
-                remaining = (cfg.max_steps - self.progress.step) * self.accum * eager
-                if not self._everywhere(remaining >= COMPILE_MIN_SECONDS):
-                    self.compile_note = f"not compiled: about {remaining:.0f} s of training, too short to repay it"
-                    return
-            candidate = torch.compile(self.model)
-            try:
-                first, compiled = self._probe(candidate, x, reps=3 if measure else 1)
-                ok = True
-            except Exception as e:  # dynamo and inductor raise many types; any of them means "use eager"
-                message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                warnings.warn(
-                    f"torch.compile failed ({type(e).__name__}: {message}); training continues uncompiled",
-                    stacklevel=3,
-                )
-                ok = False
-            if not self._everywhere(ok):
-                self.compile_note = "not compiled: compiling failed"
-                return
-            took = first - compiled if measure else first
-            if measure and not self._everywhere(compiled < 0.95 * eager):
-                self.compile_note = (
-                    f"not compiled: compiled {compiled:.2f} s vs eager {eager:.2f} s per micro-step "
-                    f"(compiling took {took:.0f} s)"
-                )
-                return
-            self.model = candidate
-            self.compile_note = f"compiled in {took:.0f} s" + (
-                f" ({compiled:.2f} s vs eager {eager:.2f} s per micro-step)" if measure else ""
+            self.model, self.compile_note = compile_if_faster(
+                self.model,
+                cfg.compile,
+                self.device,
+                lambda model, reps: self._probe(model, x, reps),
+                (cfg.max_steps - self.progress.step) * self.accum,
+                self._everywhere,
             )
         finally:
             self.optimizer.zero_grad(set_to_none=True)
@@ -395,7 +296,7 @@ class Trainer:
             )
         if self.dist.main:
             done = " (already finished: give a larger --max-steps to extend it)" if step == self.cfg.max_steps else ""
-            print(f"resuming {self.out} from step {step} of {self.cfg.max_steps}{done}", file=sys.stderr, flush=True)
+            report(f"resuming {self.out} from step {step} of {self.cfg.max_steps}{done}")
             # forget metrics logged after the checkpoint (those steps run again), and a last line a kill cut short
             metrics = self.out / "metrics.jsonl"
             lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True) if metrics.exists() else []
@@ -516,13 +417,10 @@ class Trainer:
                     self.tensorboard.add_scalar(key, value, record["tokens"])
 
     def run(self, progress: bool = True) -> dict[str, Any]:
-        from tqdm import tqdm
-
         cfg = self.cfg
-        say = tqdm.write if progress else print
         if self.dist.main:
             c = self.raw_model.config
-            say(
+            report(
                 f"model: {self.raw_model.num_params() / 1e6:.2f}M parameters ({c.n_layer} layers, {c.n_embd} wide, "
                 f"{c.n_head} heads, context {cfg.seq_len}, vocab {c.vocab_size}); "
                 f"{self.dist.world_size} process(es) on {self.device}, "
@@ -530,8 +428,8 @@ class Trainer:
                 f"{self.tokens_per_step:,} tokens per step "
                 f"({self.accum} micro-steps of {cfg.batch_size} x {cfg.seq_len})"
             )
-        bar = tqdm(
-            total=cfg.max_steps, initial=self.progress.step, unit="step", disable=not (progress and self.dist.main)
+        bar = progress_bar(
+            total=cfg.max_steps, initial=self.progress.step, unit="step", enabled=progress and self.dist.main
         )
         last: dict[str, Any] = {}
         window_start, window_steps = time.perf_counter(), 0
@@ -578,11 +476,11 @@ class Trainer:
                     )
                     if "val_loss" in record:
                         line += f", val loss {record['val_loss']:.4f}"
-                    say(line)
+                    report(line)
                     if "sample" in record:
-                        say(f"sample: {record['sample']!r}")
+                        report(f"sample: {record['sample']!r}")
                 if self.dist.main and self.progress.step == 1 and self.compile_note:
-                    say(f"step 1: loss {loss:.4f}, {tps:,.0f} tokens/s; torch.compile: {self.compile_note}")
+                    report(f"step 1: loss {loss:.4f}, {tps:,.0f} tokens/s; torch.compile: {self.compile_note}")
                 if is_eval:
                     val = record.get("val_loss", loss)
                     if val < self.progress.best_val:

@@ -67,12 +67,21 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the results JSON here, and the Markdown table beside it (same name, .md); both atomically",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet",
+        "--no-progress",  # the older spelling
+        dest="quiet",
+        action="store_true",
+        help="no progress bars and no per-task lines (errors and warnings still show)",
+    )
     return p
 
 
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
+    from gpt2.io import quiet
+
+    quiet(args.quiet)
     from gpt2.evaluate import evaluate, parse_tasks
     from gpt2.evaluate.report import markdown_table
     from gpt2.io import atomic_write
@@ -111,8 +120,7 @@ def run(argv: list[str]) -> None:
                     ".writingprompts.md" if len(args.model) == 1 else f".{i}.writingprompts.md"
                 ),
                 model_name=name,
-                progress=not args.no_progress and sys.stderr.isatty(),
-                log=sys.stderr,
+                progress=sys.stderr.isatty(),
                 skip_missing=skip_missing,
             )
         )

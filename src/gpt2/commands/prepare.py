@@ -20,12 +20,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="record progress (finished shards, documents done) at least this often, for resuming (default 5)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress lines (errors and warnings still show)"
+    )
     return p
 
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
+    from gpt2.io import quiet
+
+    quiet(getattr(a, "quiet", False))
     from gpt2.data import PrepareConfig, prepare
 
     cfg = PrepareConfig(

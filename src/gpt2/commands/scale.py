@@ -34,12 +34,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-constant", action="store_true", help="fit L = a * N^-alpha + c (needs four sizes or more)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: the GPU if there is one")
     p.add_argument("--seed", type=int, default=1337, help="seed of the weights and the data order (default 1337)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress lines (errors and warnings still show)"
+    )
     return p
 
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
+    from gpt2.io import quiet
+
+    quiet(getattr(a, "quiet", False))
     from gpt2.analysis.scaling import ScaleConfig, parse_sizes, run_family
     from gpt2.errors import GPT2Error
 

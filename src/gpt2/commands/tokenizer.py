@@ -26,7 +26,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--names", choices=("openai", "hf"), default="openai", help="file names (default: openai)")
     t.add_argument("--text-field", default="text", help="JSON Lines field holding the text (default: text)")
     t.add_argument("--workers", type=int, default=None, help="processes counting words (default: all cores)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress lines (errors and warnings still show)"
+    )
     for name, help_ in (("encode", "print the token ids of text"), ("decode", "print the text of token ids")):
         s = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
         s.add_argument("--tokenizer", default="gpt2", help="tokenizer folder, model folder, or 'gpt2' (default)")
@@ -47,6 +49,9 @@ def _read_ids(words: list[str]) -> list[int]:
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
+    from gpt2.io import quiet
+
+    quiet(getattr(a, "quiet", False))
     from gpt2.tokenizer import HF_FILES, OPENAI_FILES, Tokenizer
 
     if a.action == "train":

@@ -18,7 +18,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="TOML file of training options (a run's train_config.toml repeats it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress lines (errors and warnings still show)"
+    )
     group = p.add_argument_group("training options (TrainConfig fields)")
     preset = TRAIN_PRESETS[TrainConfig.model]
     for f in fields(TrainConfig):
@@ -54,6 +56,9 @@ def parse_value(text: str, default: Any) -> Any:
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
+    from gpt2.io import quiet
+
+    quiet(getattr(a, "quiet", False))
     overrides = {}
     for f in fields(TrainConfig):
         text = getattr(a, f.name)

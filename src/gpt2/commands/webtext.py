@@ -149,9 +149,8 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> None:
     a = parser().parse_args(argv)
-    import sys
-
     from gpt2.errors import GPT2Error
+    from gpt2.io import quiet
 
     if "links" in a.stages and not a.submissions:
         raise GPT2Error("the links stage needs --submissions FILE...; or run later stages with --stages")
@@ -179,10 +178,8 @@ def run(argv: list[str]) -> None:
                         fetch, min_chars=a.min_chars, skip_bad_inputs=a.skip_bad_inputs,
                         slurm_partition=a.slurm_partition, slurm_time=a.slurm_time, progress=not a.quiet)  # fmt: skip
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    summary = run_pipeline(cfg, None if a.quiet else say, say)
+    quiet(a.quiet)
+    summary = run_pipeline(cfg)
     if summary is not None:
         final = summary["stages"].get("filter", {"documents": 0, "characters": 0})
         print(f"{a.output}/corpus: {final['documents']:,} documents, {final['characters']:,} characters of text; "

@@ -49,6 +49,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from gpt2.errors import GPT2Error
+from gpt2.io import progress_bar
 from gpt2.webtext.links import is_wikipedia, normalise_url, read_links
 
 if TYPE_CHECKING:
@@ -486,12 +487,12 @@ class FetchPages(PipelineStep):
             by_host.setdefault(urlsplit(url).netloc, deque()).append((url, attempts))
         if not by_host:
             return
-        from tqdm import tqdm
-
         from gpt2.webtext.local import terminal
 
         failures: Counter[str] = Counter()
-        bar = tqdm(total=len(rows), unit="page", desc="fetch", disable=not cfg.progress, smoothing=0.1, file=terminal())
+        bar = progress_bar(
+            total=len(rows), unit="page", desc="fetch", enabled=cfg.progress, smoothing=0.1, file=terminal()
+        )
         crawler = Crawler(cfg)
         requests = asyncio.Semaphore(cfg.concurrency)
 

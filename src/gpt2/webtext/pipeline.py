@@ -30,13 +30,13 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpt2.errors import GPT2Error
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, report
 from gpt2.webtext.fetch import FetchConfig, fetch_summary
 from gpt2.webtext.links import DEFAULT_BEFORE, DEFAULT_MIN_KARMA, parse_date
 from gpt2.webtext.steps import (
@@ -326,12 +326,10 @@ def _stop_reason(cfg: WebtextConfig, stage: str) -> str | None:
     return None
 
 
-def run(
-    cfg: WebtextConfig, say: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None
-) -> dict | None:
-    """Runs the chosen stages; returns the summary when the filter stage ran here (local executor). `say` gets
-    one line as each stage starts and ends (the command prints them unless --quiet), `warn` one line for each dump
-    that was truncated or corrupt and read only in part (with skip_bad_inputs)."""
+def run(cfg: WebtextConfig) -> dict | None:
+    """Runs the chosen stages; returns the summary when the filter stage ran here (local executor). Reports a line
+    as each stage starts and ends, and warns once for each dump that was truncated or corrupt and read only in
+    part (with skip_bad_inputs)."""
     out = Path(cfg.output)
     check_output(out)
     chain = build(cfg)
@@ -340,11 +338,10 @@ def run(
     if cfg.executor != "local":
         chain[-1][1][-1].run()  # queues the whole chain on the cluster, each job waiting for the one before
         return None
-    say = say or (lambda line: None)
     pipelines = {stage: [Path(e.logging_dir.path).name for e in executors] for stage, executors in chain}
     for i, (stage, executors) in enumerate(chain, start=1):
         began = time.monotonic()
-        say(f"[{i}/{len(chain)}] {stage} ...")
+        report(f"[{i}/{len(chain)}] {stage} ...")
         record = out / "logs" / f"{stage}.settings.json"
         wanted = stage_settings(cfg, stage)
         previous = json.loads(record.read_text("utf-8")) if record.is_file() else None
@@ -358,13 +355,15 @@ def run(
                 executor.run()
         except OSError as e:
             raise _os_error(stage, e) from None
-        if stage == "links" and warn is not None:
+        if stage == "links":
             for bad in submissions(out / "logs")["bad_inputs"]:
-                warn(f"warning: {bad['error']}; the records before that point were used (--skip-bad-inputs)")
+                warnings.warn(
+                    f"{bad['error']}; the records before that point were used (--skip-bad-inputs)", stacklevel=2
+                )
         if (stopped := _stop_reason(cfg, stage)) is not None:
             write_summary(out, settings(cfg), stopped)
             raise GPT2Error(f"{stopped} (see {out / 'summary.json'})")
-        say(f"[{i}/{len(chain)}] {stage}: {stage_report(out, stage)} ({time.monotonic() - began:,.1f} s)")
+        report(f"[{i}/{len(chain)}] {stage}: {stage_report(out, stage)} ({time.monotonic() - began:,.1f} s)")
     if "filter" not in cfg.stages:
         return None
     return write_summary(out, settings(cfg))
