@@ -28,7 +28,8 @@ import torch
 
 from gpt2 import GPT, GPTConfig
 from gpt2.generate import SamplingOptions, complete
-from gpt2.serve.app import BackgroundServer, create_app
+from gpt2.serve.app import create_app
+from gpt2.serve.server import BackgroundServer
 from gpt2.tokenizer import Tokenizer
 
 VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-vocab"

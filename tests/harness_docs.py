@@ -21,9 +21,10 @@ def race_doc(record: dict, questions: int | None = None) -> dict[str, str]:
     return {"article": record["article"], "problems": repr(problems), "example_id": record["id"]}
 
 
-def task(yaml: str, docs: list[dict[str, Any]], folder: Path, split: str):
+def task(yaml: str, docs: list[dict[str, Any]], folder: Path, split: str, **overrides: Any):
     """The harness's task configured by lm_eval/tasks/`yaml` (its YAML, functions and metrics, as `lm_eval --tasks`
-    loads it), reading `docs` from a local JSON Lines file as its `split` instead of downloading its data set."""
+    loads it), reading `docs` from a local JSON Lines file as its `split` instead of downloading its data set;
+    `overrides` change other fields of its configuration (num_fewshot, fewshot_split, ...)."""
     lm_eval = pytest.importorskip("lm_eval")
     assert lm_eval.__version__ == HARNESS_VERSION, f"the protocols name lm-evaluation-harness {HARNESS_VERSION}"
     from lm_eval.api.task import ConfigurableTask
@@ -39,4 +40,5 @@ def task(yaml: str, docs: list[dict[str, Any]], folder: Path, split: str):
         dataset_name=None,
         dataset_kwargs={"data_files": {split: str(path)}, "cache_dir": str(folder / "hf-datasets")},
     )
+    config.update(overrides)
     return ConfigurableTask(config=config)
