@@ -259,7 +259,7 @@ def pages_benchmark(args: argparse.Namespace) -> None:
     stages = summaries[args.tasks[0]]["stages"]
     rows = [
         ("fetch", stages["links"]["documents"], "fetch"),
-        ("extract (trafilatura)", stages["fetch"]["documents"], "extract"),
+        ("extract (main text)", stages["fetch"]["documents"], "extract"),
         ("dedup (exact + MinHash)", stages["extract"]["documents"], "dedup"),
         ("filter (lingua + cleaning) and write", stages["near_dedup"]["documents"], "filter"),
     ]
